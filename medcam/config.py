@@ -1,0 +1,174 @@
+"""Typed configuration, loaded from the YAML files in ``configs/``.
+
+Unknown keys and wrong values are refused with the file, the key and a "did you mean"
+suggestion, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from medcam.errors import ConfigError
+
+__all__ = ["Config", "DataConfig", "ModelConfig", "PreprocessConfig", "TrainConfig", "load_config"]
+
+ARCHITECTURES = ("densenet121", "resnet18", "resnet50", "seresnet50", "efficientnet-b0")
+RESIZE_MODES = ("stretch", "letterbox")
+INTENSITY_MODES = ("zscore", "unit")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: MONAI architecture, dimensions and the class names, in output order."""
+
+    architecture: str = "densenet121"
+    spatial_dims: int = 2
+    in_channels: int = 1
+    classes: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
+    positive_class: str = "PNEUMONIA"
+
+    def __post_init__(self) -> None:
+        _choice("model.architecture", self.architecture, ARCHITECTURES)
+        if self.spatial_dims not in (2, 3):
+            raise ConfigError(f"model.spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"model.classes must be two or more distinct names, got {self.classes!r}")
+        _choice("model.positive_class", self.positive_class, self.classes)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a loaded image (display intensities in [0, 1]) becomes a model input.
+
+    ``size`` must be a multiple of 32 so that the last feature grid tiles the input exactly.
+    ``intensity``: ``zscore`` standardises each image to mean 0, std 1; ``unit`` keeps [0, 1].
+    """
+
+    size: int = 224
+    resize: str = "stretch"
+    intensity: str = "zscore"
+
+    def __post_init__(self) -> None:
+        if self.size < 32 or self.size % 32:
+            raise ConfigError(f"preprocess.size must be a positive multiple of 32, got {self.size!r}")
+        _choice("preprocess.resize", self.resize, RESIZE_MODES)
+        _choice("preprocess.intensity", self.intensity, INTENSITY_MODES)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training data: a CSV (``file,label[,patient_id]``) or a folder with one folder per class.
+
+    Patients are split into train / validation (early stopping, calibration, threshold) /
+    test (reported only). Relative paths are resolved against the config file's folder;
+    ``subsample`` keeps that many images (for a quick run).
+    """
+
+    source: str = ""
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    subsample: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0 < value < 0.5:
+                raise ConfigError(f"data.{name} must be in (0, 0.5), got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, augmentation, early stopping and the CPU speed-ups used.
+
+    ``target_sensitivity``: the operating threshold is the highest one reaching this
+    sensitivity on the validation split (a screening operating point).
+    """
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 6
+    seed: int = 0
+    num_workers: int = 2
+    bf16: bool = True
+    channels_last: bool = True
+    augment: bool = True
+    target_sensitivity: float = 0.95
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "path"}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, path: str | None = None) -> Config:
+        where = path or "config"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+        sections = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "path"}
+        _unknown(where, "", raw, sections)
+        built: dict[str, Any] = {}
+        for name, section_cls in (("model", ModelConfig), ("preprocess", PreprocessConfig),
+                                  ("data", DataConfig), ("train", TrainConfig)):
+            built[name] = _build(section_cls, raw.get(name) or {}, f"{where}: {name}")
+        return cls(**built, path=path)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config; ``data.source`` is resolved against its folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config ({err.strerror})") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    config = Config.from_dict(raw or {}, path=str(path))
+    if config.data.source and not Path(config.data.source).is_absolute():
+        source = str((path.parent / config.data.source).resolve())
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=source))
+    return config
+
+
+_T = TypeVar("_T")
+
+
+def _build(section_cls: type[_T], raw: dict[str, Any], where: str) -> _T:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}  # type: ignore[arg-type]
+    _unknown(where, "", raw, fields)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    try:
+        return section_cls(**values)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _unknown(where: str, prefix: str, raw: dict[str, Any], known: dict[str, Any]) -> None:
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            raise ConfigError(f"{where}: unknown key {prefix}{key!r}{hint}")
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}.{hint}")

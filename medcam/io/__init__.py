@@ -1,0 +1,65 @@
+"""Loading images: one entry point, :func:`load_image`, for DICOM, NIfTI, PNG and JPEG.
+
+DICOM is recognised by content (preamble or a parse), not by extension; NIfTI by its
+``.nii``/``.nii.gz`` suffix; PNG/JPEG by their signature. Everything refused raises
+:class:`~medcam.errors.UnsupportedInputError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medcam.errors import UnsupportedInputError
+from medcam.io.dicom import VOI, is_dicom, read_dicom
+from medcam.io.image import DicomIdentity, Image, ImageFormat
+from medcam.io.nifti import read_nifti
+from medcam.io.raster import read_raster
+
+__all__ = ["VOI", "DicomIdentity", "Image", "ImageFormat", "detect_format", "is_dicom",
+           "load_image", "read_dicom", "read_nifti", "read_raster"]
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG = b"\xff\xd8\xff"
+
+
+def detect_format(path: str | Path) -> ImageFormat | None:
+    """The format of ``path`` judged from its content (NIfTI from its suffix), or None."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if head.startswith(_PNG):
+        return "png"
+    if head.startswith(_JPEG):
+        return "jpeg"
+    return "dicom" if is_dicom(path) else None
+
+
+def load_image(path: str | Path, *, voi: VOI = "auto") -> Image:
+    """Load a DICOM, NIfTI, PNG or JPEG file as an :class:`Image`.
+
+    Args:
+        path: the file.
+        voi: the DICOM VOI step, see :mod:`medcam.io.dicom`; ignored for other formats.
+
+    Raises:
+        UnsupportedInputError: the file does not exist, is of an unknown format, or is
+            refused by its reader; the message names the file and the reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        reason = "is a folder, not a file" if path.is_dir() else "no such file"
+        raise UnsupportedInputError(path, reason)
+    fmt = detect_format(path)
+    if fmt == "dicom":
+        return read_dicom(path, voi=voi)
+    if fmt == "nifti":
+        return read_nifti(path)
+    if fmt in ("png", "jpeg"):
+        return read_raster(path)
+    raise UnsupportedInputError(path, "unknown format; expected DICOM, NIfTI (.nii/.nii.gz), PNG or JPEG")

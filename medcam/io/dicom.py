@@ -1,0 +1,270 @@
+"""DICOM reading and the display pipeline.
+
+The pixels a radiologist sees are derived in the order of DICOM PS3.3 C.11 (the grayscale
+pipeline), with pydicom's implementations:
+
+1. **Modality LUT** — Rescale Slope/Intercept or the Modality LUT Sequence
+   (:func:`pydicom.pixels.apply_modality_lut`).
+2. **VOI** — chosen by ``voi``:
+
+   - ``"auto"`` (default): the VOI LUT Sequence if present, else the first Window
+     Center/Width, else ``"none"``;
+   - ``"lut"`` / ``"window"``: that one, refused if the file has none;
+   - ``(center, width)``: this window, with the file's VOI LUT Function;
+   - ``"none"``: no VOI; values are clipped to their 0.5th-99.5th percentiles.
+
+   The VOI output range (the LUT's or the window's full output range) is scaled to [0, 1].
+3. **MONOCHROME1** images are inverted (``1 - x``) so that air is dark in every image.
+
+Refused, with :class:`~medcam.errors.UnsupportedInputError`: files that are not DICOM,
+non-image objects (no Pixel Data, or SEG, RT Dose, presentation states, SR ...), multi-frame
+images with more than one frame (choose a frame upstream), colour or palette images (a
+grayscale model must not guess at luminance of a colour DICOM), truncated or undecodable
+pixel data, and non-finite values.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pydicom
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+
+from medcam.errors import UnsupportedInputError
+from medcam.io.image import DicomIdentity, Image
+
+__all__ = ["VOI", "is_dicom", "read_dicom"]
+
+VOI = Literal["auto", "lut", "window", "none"] | tuple[float, float]
+
+# SOP classes that carry pixel data but are not images of the patient.
+_NON_IMAGE_PREFIXES = {
+    "1.2.840.10008.5.1.4.1.1.66": "a segmentation/registration/raw-data object",
+    "1.2.840.10008.5.1.4.1.1.481.2": "an RT dose grid",
+    "1.2.840.10008.5.1.4.1.1.30": "a parametric map",
+    "1.2.840.10008.5.1.4.1.1.11.": "a presentation state",
+    "1.2.840.10008.5.1.4.1.1.88.": "a structured report",
+    "1.2.840.10008.5.1.4.1.1.104.": "an encapsulated document",
+}
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT",
+           "PALETTE COLOR", "ARGB", "CMYK", "HSV")
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True when the file starts with a DICOM preamble or parses as a DICOM data set."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+            if len(head) == 132 and head[128:] == b"DICM":
+                return True
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=[
+            "SOPClassUID", "Modality", "Rows"])
+    except Exception:  # pydicom raises a variety of errors on junk; junk is simply "no"
+        return False
+    return any(tag in ds for tag in ("SOPClassUID", "Modality", "Rows"))
+
+
+def read_dicom(path: str | Path, *, voi: VOI = "auto") -> Image:
+    """Read a single-frame grayscale DICOM image through the display pipeline.
+
+    Args:
+        path: the file.
+        voi: the VOI step (see the module documentation).
+
+    Raises:
+        UnsupportedInputError: with the file name and the reason it was refused.
+    """
+    path = Path(path)
+    ds = _read_dataset(path)
+    _check_image(ds, path)
+    try:
+        stored = ds.pixel_array
+    except Exception as err:  # decoders raise ValueError, RuntimeError, NotImplementedError ...
+        raise UnsupportedInputError(path, _decode_reason(ds, err)) from err
+    modality = apply_modality_lut(stored, ds).astype(np.float64, copy=False)
+    if not np.isfinite(modality).all():
+        raise UnsupportedInputError(path, "pixel values are not finite (NaN or Inf)")
+    pixels, steps = _apply_voi(modality, ds, voi, path)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        pixels = 1.0 - pixels
+        steps.append("MONOCHROME1 inverted")
+    header = copy.copy(ds)
+    for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if tag in header:
+            del header[tag]
+    spacing = _spacing(ds)
+    return Image(
+        pixels=pixels.astype(np.float32)[None],
+        path=str(path),
+        format="dicom",
+        spacing=spacing,
+        affine=_affine(ds, spacing),
+        identity=_identity(ds),
+        dicom=header,
+        display="; ".join(steps),
+    )
+
+
+def _read_dataset(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:
+        pass
+    except OSError as err:
+        raise UnsupportedInputError(path, f"cannot read the file ({err.strerror or err})") from err
+    except Exception as err:
+        raise UnsupportedInputError(path, f"corrupt DICOM ({type(err).__name__}: {err})") from err
+    if not is_dicom(path):
+        raise UnsupportedInputError(path, "not a DICOM file (no DICM preamble and no DICOM data set)")
+    try:
+        return pydicom.dcmread(path, force=True)
+    except Exception as err:
+        raise UnsupportedInputError(path, f"corrupt DICOM ({type(err).__name__}: {err})") from err
+
+
+def _check_image(ds: Dataset, path: Path) -> None:
+    sop_class = str(ds.get("SOPClassUID", ""))
+    for prefix, what in _NON_IMAGE_PREFIXES.items():
+        if sop_class.startswith(prefix):
+            name = getattr(ds.SOPClassUID, "name", sop_class)
+            raise UnsupportedInputError(path, f"{what} ({name}), not an image")
+    if "PixelData" not in ds:
+        name = getattr(ds.get("SOPClassUID"), "name", "") or "unknown SOP class"
+        raise UnsupportedInputError(path, f"no pixel data ({name}), not an image")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if photometric in _COLOUR or int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise UnsupportedInputError(
+            path, f"colour image (Photometric Interpretation {photometric or 'unknown'}); "
+            "the model reads grayscale radiographs only"
+        )
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise UnsupportedInputError(
+            path, f"Photometric Interpretation {photometric or '(missing)'} is not MONOCHROME1/2"
+        )
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise UnsupportedInputError(
+            path, f"multi-frame image ({frames} frames); medcam reads single-frame radiographs, "
+            "split the frames first"
+        )
+
+
+def _decode_reason(ds: Dataset, err: Exception) -> str:
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    message = str(err)
+    if "length" in message.lower() and ("expected" in message.lower() or "match" in message.lower()):
+        return f"truncated pixel data ({message})"
+    name = getattr(syntax, "name", str(syntax)) if syntax else "unknown transfer syntax"
+    return f"cannot decode the pixel data ({name}): {type(err).__name__}: {message}"
+
+
+def _apply_voi(values: np.ndarray, ds: Dataset, voi: VOI, path: Path) -> tuple[np.ndarray, list[str]]:
+    steps = ["modality LUT" if "ModalityLUTSequence" in ds else
+             f"rescale x{float(ds.get('RescaleSlope', 1)):g} {float(ds.get('RescaleIntercept', 0)):+g}"]
+    has_lut = "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
+    has_window = "WindowCenter" in ds and "WindowWidth" in ds
+    choice = voi
+    if choice == "auto":
+        choice = "lut" if has_lut else "window" if has_window else "none"
+    if choice == "lut" and not has_lut:
+        raise UnsupportedInputError(path, "voi='lut' asked for, but the file has no VOI LUT Sequence")
+    if choice == "window" and not has_window:
+        raise UnsupportedInputError(path, "voi='window' asked for, but the file has no Window Center/Width")
+    source = ds
+    if isinstance(choice, tuple):
+        center, width = (float(v) for v in choice)
+        if width <= 0:
+            raise ValueError(f"window width must be positive, got {width!r}")
+        source = Dataset()
+        for keyword in ("BitsStored", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
+                        "ModalityLUTSequence", "VOILUTFunction"):
+            if keyword in ds:
+                setattr(source, keyword, ds.data_element(keyword).value)
+        source.WindowCenter, source.WindowWidth = center, width
+        choice = "window"
+    if choice == "none":
+        low, high = np.percentile(values, [0.5, 99.5])
+        steps.append("no VOI: 0.5-99.5 percentile range")
+        return _unit(values, low, high), steps
+    if choice == "lut":  # a LUT is indexed by integers
+        out = apply_voi(np.rint(values).astype(np.int64), source).astype(np.float64)
+        extremes = apply_voi(np.array([-(2**40), 2**40], dtype=np.int64), source)
+    else:
+        out = apply_windowing(values, source).astype(np.float64)
+        extremes = apply_windowing(np.array([-1e30, 1e30]), source)
+    low, high = (float(v) for v in extremes)
+    if choice == "window":
+        center, width = _window_values(source)
+        steps.append(f"window C={center:g} W={width:g}")
+    else:
+        steps.append("VOI LUT")
+    if not high > low:
+        low, high = float(out.min()), float(out.max())
+    return _unit(out, min(low, high), max(low, high)), steps
+
+
+def _window_values(ds: Dataset) -> tuple[float, float]:
+    def first(value: object) -> float:
+        return float(value[0]) if isinstance(value, (list, pydicom.multival.MultiValue)) else float(value)  # type: ignore[arg-type]
+
+    return first(ds.WindowCenter), first(ds.WindowWidth)
+
+
+def _unit(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros_like(values)
+    return np.clip((values - low) / (high - low), 0.0, 1.0)
+
+
+def _positive_pair(value: object) -> tuple[float, float] | None:
+    try:
+        row, col = (float(v) for v in value)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return None
+    return (row, col) if row > 0 and col > 0 else None
+
+
+def _spacing(ds: Dataset) -> tuple[float, float] | None:
+    """PixelSpacing, else ImagerPixelSpacing (detector plane); None when absent or zero."""
+    return _positive_pair(ds.get("PixelSpacing")) or _positive_pair(ds.get("ImagerPixelSpacing"))
+
+
+def _affine(ds: Dataset, spacing: tuple[float, float] | None) -> np.ndarray:
+    """Voxel (col, row, 0) to RAS+ world, from the patient position/orientation when present.
+
+    Projection radiographs (CR, DX) have no Image Position/Orientation: their affine has
+    the pixel spacing (1 mm when unknown) and the DICOM patient axes (rows go down = +y in
+    LPS, columns go right = +x in LPS), with the origin at the first pixel.
+    """
+    row_mm, col_mm = spacing or (1.0, 1.0)
+    orientation = ds.get("ImageOrientationPatient")
+    position = ds.get("ImagePositionPatient")
+    if orientation is not None and position is not None and len(orientation) == 6:
+        row_dir = np.asarray(orientation[:3], dtype=float)  # direction along a row (columns increase)
+        col_dir = np.asarray(orientation[3:], dtype=float)
+        origin = np.asarray(position, dtype=float)
+    else:
+        row_dir, col_dir, origin = np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), np.zeros(3)
+    normal = np.cross(row_dir, col_dir)
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * col_mm
+    lps[:3, 1] = col_dir * row_mm
+    lps[:3, 2] = normal
+    lps[:3, 3] = origin
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def _identity(ds: Dataset) -> DicomIdentity:
+    return DicomIdentity(
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+        study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
+        patient_id=str(ds.get("PatientID", "")),
+    )

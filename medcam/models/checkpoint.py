@@ -1,0 +1,176 @@
+"""Checkpoints: weights plus the metadata needed to use them, read with ``weights_only=True``.
+
+A checkpoint is a plain dictionary saved by :func:`torch.save`::
+
+    {"format": "medcam-checkpoint", "format_version": 1,
+     "state_dict": {...}, "metadata": {...}}
+
+``metadata`` holds only strings, numbers, booleans, lists and dicts, so that loading never
+unpickles arbitrary objects. It carries the model config, the preprocessing, the
+calibration temperature and operating threshold, and whatever training recorded. The model
+id shown to users is the architecture plus the first 12 hex digits of the file's SHA-256.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import medcam
+from medcam.config import ModelConfig, PreprocessConfig
+from medcam.errors import CheckpointError, ConfigError
+from medcam.models.networks import build_network
+
+__all__ = ["BUNDLED_MODEL", "Checkpoint", "load_checkpoint", "save_checkpoint"]
+
+FORMAT = "medcam-checkpoint"
+FORMAT_VERSION = 1
+BUNDLED_MODEL = "bundled"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: the network (eval mode, float32) and what it needs to be used.
+
+    Attributes:
+        temperature: divides the logits before the softmax (temperature scaling).
+        threshold: operating point on the calibrated probability of ``model.positive_class``.
+        trained: False for an untrained placeholder; every output says so.
+    """
+
+    network: nn.Module
+    model: ModelConfig
+    preprocess: PreprocessConfig
+    model_id: str
+    path: str
+    temperature: float = 1.0
+    threshold: float = 0.5
+    trained: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def bundled_checkpoint_path() -> Path:
+    """The model shipped inside the package (``medcam/weights/``)."""
+    return Path(str(resources.files("medcam") / "weights" / "pneumonia_densenet121.pt"))
+
+
+def save_checkpoint(
+    path: str | Path,
+    network: nn.Module,
+    model: ModelConfig,
+    preprocess: PreprocessConfig,
+    *,
+    temperature: float = 1.0,
+    threshold: float = 0.5,
+    trained: bool = True,
+    half: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Write a checkpoint atomically and return its model id.
+
+    Args:
+        half: store floating-point weights as float16 (half the size; they are loaded back
+            as float32).
+        extra: more metadata (training config, metrics, data hash, versions ...).
+    """
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+        for k, v in network.state_dict().items()
+    }
+    metadata: dict[str, Any] = {
+        "model": _plain(dataclasses.asdict(model)),
+        "preprocess": dataclasses.asdict(preprocess),
+        "temperature": float(temperature),
+        "threshold": float(threshold),
+        "trained": bool(trained),
+        "medcam_version": medcam.__version__,
+        "torch_version": torch.__version__,
+    }
+    metadata.update(_plain(extra or {}))
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": state,
+               "metadata": metadata}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return _model_id(model.architecture, path)
+
+
+def load_checkpoint(path: str | Path = BUNDLED_MODEL, *, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint (``"bundled"`` for the shipped model) with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: the file is missing, not a medcam checkpoint, or inconsistent.
+    """
+    file = bundled_checkpoint_path() if str(path) == BUNDLED_MODEL else Path(path)
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{file}: no such checkpoint file") from err
+    except Exception as err:  # torch raises many types for corrupt or unsafe pickles
+        raise CheckpointError(f"{file}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{file}: not a medcam checkpoint (no 'format': {FORMAT!r} entry)")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{file}: checkpoint format version {payload['format_version']} is newer than this "
+            f"medcam ({medcam.__version__}) reads; upgrade medcam-screening"
+        )
+    meta = payload["metadata"]
+    try:
+        model = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()})
+        preprocess = PreprocessConfig(**meta["preprocess"])
+    except (KeyError, TypeError, ConfigError) as err:
+        raise CheckpointError(f"{file}: metadata is incomplete or invalid ({err})") from err
+    network = build_network(model)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{file}: weights do not fit a {model.architecture} ({err})") from err
+    network.to(device).eval()
+    return Checkpoint(
+        network=network,
+        model=model,
+        preprocess=preprocess,
+        model_id=_model_id(model.architecture, file),
+        path=str(file),
+        temperature=float(meta.get("temperature", 1.0)),
+        threshold=float(meta.get("threshold", 0.5)),
+        trained=bool(meta.get("trained", False)),
+        metadata=meta,
+    )
+
+
+def _model_id(architecture: str, file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{architecture}-{digest.hexdigest()[:12]}"
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so that metadata loads under ``weights_only=True``."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

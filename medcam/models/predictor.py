@@ -1,0 +1,139 @@
+"""From loaded images to calibrated probabilities and CAMs on the source pixel grid.
+
+:func:`prepare` is the one preprocessing path, shared by training, evaluation and
+inference: resize onto the model grid (:class:`~medcam.models.grid.GridTransform`) and
+standardise intensities. :class:`Classifier` batches prepared images through the
+single-pass CAM network and brings every map back onto its own source image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from medcam.config import PreprocessConfig
+from medcam.io.image import Image
+from medcam.models.cam import CAMOutput, SinglePassCAM, convert_to_cam
+from medcam.models.checkpoint import BUNDLED_MODEL, Checkpoint, load_checkpoint
+from medcam.models.grid import GridTransform, maps_to_source, resize_to_model
+
+__all__ = ["Classifier", "Prediction", "prepare", "prepare_tensor", "resize", "standardise"]
+
+
+def resize(pixels: torch.Tensor, config: PreprocessConfig) -> tuple[torch.Tensor, GridTransform]:
+    """Pixels ``(1, H, W)`` resized onto the model grid, and the transform that did it."""
+    transform = GridTransform.fit(tuple(pixels.shape[1:]), config.size, config.resize)  # type: ignore[arg-type]
+    return resize_to_model(pixels, transform), transform
+
+
+def standardise(x: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """The intensity step: per-image mean 0 / std 1 (``zscore``) or unchanged (``unit``)."""
+    if config.intensity == "zscore":
+        return (x - x.mean()) / x.std().clamp_min(1e-6)
+    return x
+
+
+def prepare_tensor(pixels: torch.Tensor, config: PreprocessConfig) -> tuple[torch.Tensor, GridTransform]:
+    """Model input ``(1, size, size)`` and its grid transform, from pixels ``(1, H, W)`` in [0, 1]."""
+    x, transform = resize(pixels, config)
+    return standardise(x, config), transform
+
+
+def prepare(image: Image, config: PreprocessConfig) -> tuple[torch.Tensor, GridTransform]:
+    """:func:`prepare_tensor` for a loaded :class:`~medcam.io.Image`."""
+    return prepare_tensor(torch.from_numpy(image.pixels), config)
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """What the model says about one image.
+
+    Attributes:
+        probabilities: calibrated class probabilities ``(K,)`` (softmax of logits / T).
+        logits: raw logits ``(K,)``.
+        maps: raw class activation maps ``(K, rows, cols)`` on the source pixel grid, in
+            logit units (see :func:`~medcam.models.grid.normalise_maps`).
+        classes: class names, in the order of the two tensors above.
+        flagged: the positive class's probability is at or above the operating threshold.
+        model_id: the checkpoint's id.
+    """
+
+    image: Image
+    probabilities: torch.Tensor
+    logits: torch.Tensor
+    maps: torch.Tensor
+    classes: tuple[str, ...]
+    positive_class: str
+    threshold: float
+    model_id: str
+
+    @property
+    def positive_probability(self) -> float:
+        return float(self.probabilities[self.classes.index(self.positive_class)])
+
+    @property
+    def flagged(self) -> bool:
+        return self.positive_probability >= self.threshold
+
+    def probability(self, name: str) -> float:
+        return float(self.probabilities[self.classes.index(name)])
+
+
+class Classifier:
+    """A checkpoint served for inference: ``classify(images)`` in batches.
+
+    Args:
+        checkpoint: a loaded checkpoint, a path, or ``"bundled"``.
+        device: where the network runs.
+    """
+
+    def __init__(self, checkpoint: Checkpoint | str = BUNDLED_MODEL, *, device: str = "cpu") -> None:
+        self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        self.device = torch.device(device)
+        self.cam: SinglePassCAM = convert_to_cam(self.checkpoint.network).to(self.device)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.checkpoint.model.classes
+
+    def forward(self, batch: torch.Tensor) -> CAMOutput:
+        """Logits and feature-grid maps for a prepared batch ``(B, 1, size, size)``."""
+        with torch.inference_mode():
+            return self.cam(batch.to(self.device))  # type: ignore[no-any-return]
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities: softmax of the logits over the temperature."""
+        return torch.softmax(logits / self.checkpoint.temperature, dim=-1)
+
+    def classify(self, images: Sequence[Image], *, batch_size: int = 8) -> list[Prediction]:
+        """Predictions for ``images``, in order, ``batch_size`` at a time."""
+        out: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            prepared = [prepare(image, self.checkpoint.preprocess) for image in chunk]
+            batch = torch.stack([x for x, _ in prepared])
+            result = self.forward(batch)
+            out += self.predictions(chunk, [t for _, t in prepared], result)
+        return out
+
+    def predictions(self, images: Sequence[Image], transforms: Sequence[GridTransform],
+                    result: CAMOutput) -> list[Prediction]:
+        """Wrap a forward result: probabilities, and each map resampled onto its source."""
+        probs = self.probabilities(result.logits).cpu()
+        logits = result.logits.cpu()
+        ckpt = self.checkpoint
+        return [
+            Prediction(
+                image=image,
+                probabilities=probs[i],
+                logits=logits[i],
+                maps=maps_to_source(result.maps[i:i + 1].float(), transform)[0].cpu(),
+                classes=ckpt.model.classes,
+                positive_class=ckpt.model.positive_class,
+                threshold=ckpt.threshold,
+                model_id=ckpt.model_id,
+            )
+            for i, (image, transform) in enumerate(zip(images, transforms, strict=True))
+        ]
