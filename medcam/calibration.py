@@ -26,7 +26,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         return loss
 
     optimiser.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def screening_threshold(probs: np.ndarray, positive: np.ndarray, sensitivity: float) -> float:

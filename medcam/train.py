@@ -2,7 +2,7 @@
 
 The run folder receives ``train.csv``/``val.csv``/``test.csv`` (the patient-disjoint split),
 ``last.pt`` (the full training state, written atomically after every epoch; a new run with
-the same folder resumes from it), ``best.pt`` (the best-AUROC model as a medcam checkpoint,
+the same folder resumes from it; only ``train.epochs`` may differ), ``best.pt`` (the best-AUROC model as a medcam checkpoint,
 calibrated by temperature scaling on the validation split, with its operating threshold and
 metadata) and ``history.json``.
 """
@@ -82,6 +82,10 @@ def _dataset(samples: Sequence[Sample], config: Config, train: bool) -> CacheDat
                         num_workers=config.train.num_workers, progress=False)
 
 
+def _without_epochs(config: dict[str, Any]) -> dict[str, Any]:
+    return {**config, "train": {k: v for k, v in config["train"].items() if k != "epochs"}}
+
+
 def _evaluate(model: nn.Module, loader: DataLoader, config: Config) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     logits, labels = [], []
@@ -139,8 +143,9 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
     start_epoch, best_auc, best_epoch = 0, -1.0, -1
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state["config"] != config.to_dict():
-            raise ConfigError(f"{state_path}: was trained with another config; use a new output folder")
+        if _without_epochs(state["config"]) != _without_epochs(config.to_dict()):
+            raise ConfigError(f"{state_path}: was trained with another config (only train.epochs "
+                              "may change on resume); use a new output folder")
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])

@@ -34,6 +34,7 @@ import pydicom
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medcam.errors import UnsupportedInputError
 from medcam.io.image import DicomIdentity, Image
@@ -122,9 +123,22 @@ def _read_dataset(path: Path) -> Dataset:
     if not is_dicom(path):
         raise UnsupportedInputError(path, "not a DICOM file (no DICM preamble and no DICOM data set)")
     try:
-        return pydicom.dcmread(path, force=True)
+        ds = pydicom.dcmread(path, force=True)
     except Exception as err:
         raise UnsupportedInputError(path, f"corrupt DICOM ({type(err).__name__}: {err})") from err
+    _infer_transfer_syntax(ds)
+    return ds
+
+
+def _infer_transfer_syntax(ds: Dataset) -> None:
+    """A data set written without File Meta is encoded in its (native) transfer syntax."""
+    if "TransferSyntaxUID" in ds.file_meta:
+        return
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return
+    explicit = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else explicit
 
 
 def _check_image(ds: Dataset, path: Path) -> None:
@@ -157,7 +171,10 @@ def _check_image(ds: Dataset, path: Path) -> None:
 def _decode_reason(ds: Dataset, err: Exception) -> str:
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     message = str(err)
-    if "length" in message.lower() and ("expected" in message.lower() or "match" in message.lower()):
+    lowered = message.lower()
+    if "less than expected" in lowered or (
+        "length" in lowered and ("expected" in lowered or "match" in lowered)
+    ):
         return f"truncated pixel data ({message})"
     name = getattr(syntax, "name", str(syntax)) if syntax else "unknown transfer syntax"
     return f"cannot decode the pixel data ({name}): {type(err).__name__}: {message}"
@@ -181,8 +198,9 @@ def _apply_voi(values: np.ndarray, ds: Dataset, voi: VOI, path: Path) -> tuple[n
         if width <= 0:
             raise ValueError(f"window width must be positive, got {width!r}")
         source = Dataset()
-        for keyword in ("BitsStored", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
-                        "ModalityLUTSequence", "VOILUTFunction"):
+        for keyword in ("BitsStored", "PixelRepresentation", "PhotometricInterpretation",
+                        "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence",
+                        "VOILUTFunction"):
             if keyword in ds:
                 setattr(source, keyword, ds.data_element(keyword).value)
         source.WindowCenter, source.WindowWidth = center, width

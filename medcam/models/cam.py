@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+from abc import ABC, abstractmethod
 from typing import NamedTuple
 
 import torch
@@ -34,7 +35,7 @@ from torch import nn
 
 from medcam.errors import UnsupportedModelError
 
-__all__ = ["CAMOutput", "SinglePassCAM", "convert_to_cam", "find_gap_layer"]
+__all__ = ["CAMMethod", "CAMOutput", "SinglePassCAM", "convert_to_cam", "find_gap_layer"]
 
 _ADAPTIVE_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 
@@ -49,6 +50,19 @@ class CAMOutput(NamedTuple):
 
     logits: torch.Tensor
     maps: torch.Tensor
+
+
+class CAMMethod(ABC):
+    """A way to explain a batch: ``method(x)`` returns :class:`CAMOutput` for every class.
+
+    Implemented by :class:`SinglePassCAM` (one forward pass, GAP -> linear heads only) and by
+    :class:`~medcam.models.gradient.GradCAM`, :class:`~medcam.models.gradient.GradCAMpp` and
+    :class:`~medcam.models.gradient.OcclusionCAM` (any classifier, several passes).
+    """
+
+    @abstractmethod
+    def __call__(self, x: torch.Tensor) -> CAMOutput:
+        """Logits ``(B, K)`` and raw maps ``(B, K, *spatial)`` for a batch ``(B, C, *spatial)``."""
 
 
 class _SpatialToBatch(nn.Module):
@@ -107,7 +121,7 @@ def _is_global(output_size: object) -> bool:
     return all(s == 1 for s in sizes)
 
 
-class SinglePassCAM(nn.Module):
+class SinglePassCAM(nn.Module, CAMMethod):
     """A converted network: ``forward(x)`` returns :class:`CAMOutput` for the whole batch.
 
     Build it with :func:`convert_to_cam`. The converted network has the same parameters

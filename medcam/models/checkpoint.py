@@ -93,7 +93,7 @@ def save_checkpoint(
         "threshold": float(threshold),
         "trained": bool(trained),
         "medcam_version": medcam.__version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     metadata.update(_plain(extra or {}))
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": state,
@@ -168,7 +168,12 @@ def _model_id(architecture: str, file: Path) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """Tuples to lists, recursively, so that metadata loads under ``weights_only=True``."""
+    """Plain containers and scalars, recursively, so that metadata loads under ``weights_only=True``.
+
+    Tuples become lists and ``str`` subclasses (``torch.__version__``) plain ``str``.
+    """
+    if isinstance(value, str):
+        return str(value)
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

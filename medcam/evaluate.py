@@ -1,0 +1,184 @@
+"""``medcam evaluate``: discrimination, calibration and the operating point on labelled data.
+
+Writes to the output folder:
+
+- ``metrics.json``: ``n``, ``n_positive``, ``auroc`` with a bootstrap 95% CI (resampling
+  patients when the data names them, since images of one patient are not independent),
+  ``threshold`` (the model's operating point), ``sensitivity`` and ``specificity`` there
+  (with Wilson 95% CIs), ``ece`` (10 bins), the confusion matrix and the model id;
+- ``roc.png``, ``reliability.png`` and ``confusion.png``;
+- ``predictions.csv``: every image's calibrated probability and label.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+from tqdm import tqdm
+
+from medcam.calibration import expected_calibration_error
+from medcam.data import Sample, read_samples
+from medcam.io import load_image
+from medcam.models.predictor import Classifier
+
+__all__ = ["Evaluation", "evaluate", "evaluate_scores"]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores and labels of one evaluation, and the metrics computed from them."""
+
+    metrics: dict[str, Any]
+    probs: np.ndarray
+    labels: np.ndarray
+
+
+def _wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
+    if n == 0:
+        return [float("nan"), float("nan")]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(centre - half), float(centre + half)]
+
+
+def _bootstrap_auroc(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                     rounds: int, seed: int) -> list[float]:
+    rng = np.random.default_rng(seed)
+    unique, index = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(index == g) for g in range(len(unique))]
+    values = []
+    for _ in range(rounds):
+        chosen = rng.integers(0, len(unique), len(unique))
+        rows = np.concatenate([members[g] for g in chosen])
+        if labels[rows].min() != labels[rows].max():
+            values.append(roc_auc_score(labels[rows], probs[rows]))
+    low, high = np.percentile(values, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def evaluate_scores(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, threshold: float,
+                    *, rounds: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Metrics of positive-class probabilities ``probs`` against binary ``labels``."""
+    probs, labels = np.asarray(probs, float), np.asarray(labels, int)
+    predicted = probs >= threshold
+    tp = int(np.sum(predicted & (labels == 1)))
+    fn = int(np.sum(~predicted & (labels == 1)))
+    tn = int(np.sum(~predicted & (labels == 0)))
+    fp = int(np.sum(predicted & (labels == 0)))
+    return {
+        "n": int(labels.size),
+        "n_positive": int(labels.sum()),
+        "n_groups": int(np.unique(groups).size),
+        "auroc": float(roc_auc_score(labels, probs)),
+        "auroc_ci95": _bootstrap_auroc(probs, labels, groups, rounds, seed),
+        "auroc_ci_method": f"percentile bootstrap, {rounds} resamples of patients",
+        "threshold": float(threshold),
+        "sensitivity": tp / max(tp + fn, 1),
+        "sensitivity_ci95": _wilson(tp, tp + fn),
+        "specificity": tn / max(tn + fp, 1),
+        "specificity_ci95": _wilson(tn, tn + fp),
+        "ppv": tp / max(tp + fp, 1),
+        "npv": tn / max(tn + fn, 1),
+        "ece": expected_calibration_error(probs, labels),
+        "confusion": {"tp": tp, "fn": fn, "tn": tn, "fp": fp},
+    }
+
+
+def evaluate(classifier: Classifier, data: str | Path, out: str | Path, *, batch_size: int = 16) -> Evaluation:
+    """Score every labelled image of ``data`` (CSV or class folders) and write the report."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = classifier.checkpoint
+    samples = read_samples(data, ckpt.model.classes)
+    positive = ckpt.model.classes.index(ckpt.model.positive_class)
+    probs = np.empty(len(samples))
+    for start in tqdm(range(0, len(samples), batch_size), desc="evaluate", unit="batch"):
+        chunk = samples[start:start + batch_size]
+        predictions = classifier.classify([load_image(s.path) for s in chunk], batch_size=batch_size)
+        probs[start:start + len(chunk)] = [float(p.probabilities[positive]) for p in predictions]
+    labels = np.array([int(s.label == positive) for s in samples])
+    groups = np.array([s.patient_id for s in samples])
+    metrics = evaluate_scores(probs, labels, groups, ckpt.threshold)
+    metrics.update({"model": ckpt.model_id, "data": str(data), "positive_class": ckpt.model.positive_class,
+                    "temperature": ckpt.temperature})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _write_predictions(out / "predictions.csv", samples, probs, labels)
+    _plot_roc(out / "roc.png", probs, labels, metrics)
+    _plot_reliability(out / "reliability.png", probs, labels, metrics)
+    _plot_confusion(out / "confusion.png", metrics, ckpt.model.positive_class)
+    return Evaluation(metrics, probs, labels)
+
+
+def _write_predictions(path: Path, samples: Sequence[Sample], probs: np.ndarray, labels: np.ndarray) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "patient_id", "label", "probability"])
+        for s, p, y in zip(samples, probs, labels, strict=True):
+            writer.writerow([s.path, s.patient_id, int(y), f"{p:.6f}"])
+
+
+def _plot_roc(path: Path, probs: np.ndarray, labels: np.ndarray, m: dict[str, Any]) -> None:
+    fpr, tpr, _ = roc_curve(labels, probs)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    low, high = m["auroc_ci95"]
+    ax.plot(fpr, tpr, lw=2, label=f"AUROC {m['auroc']:.3f} (95% CI {low:.3f}-{high:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    ax.scatter([1 - m["specificity"]], [m["sensitivity"]], c="red", zorder=3,
+               label=f"operating point p >= {m['threshold']:.3f}")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC, n = {m['n']}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_reliability(path: Path, probs: np.ndarray, labels: np.ndarray, m: dict[str, Any], bins: int = 10) -> None:
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
+    centres, observed, counts = [], [], []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            centres.append(probs[mask].mean())
+            observed.append(labels[mask].mean())
+            counts.append(int(mask.sum()))
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
+    ax.plot(centres, observed, marker="o", label=f"model (ECE {m['ece']:.3f})")
+    for x, y, n in zip(centres, observed, counts, strict=True):
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set(xlabel="predicted probability", ylabel="observed frequency", title="Reliability (10 bins)",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_confusion(path: Path, m: dict[str, Any], positive: str) -> None:
+    c = m["confusion"]
+    matrix = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+    fig, ax = plt.subplots(figsize=(4, 3.6), dpi=120)
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=12,
+                color="white" if v > matrix.max() / 2 else "black")
+    names = [f"not {positive}", positive]
+    ax.set_xticks([0, 1], names)
+    ax.set_yticks([0, 1], names)
+    ax.set(xlabel="predicted", ylabel="true", title=f"threshold p >= {m['threshold']:.3f}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

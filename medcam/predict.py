@@ -1,0 +1,169 @@
+"""``medcam predict``: probabilities, CAM overlays and raw maps for a few images.
+
+For each input the output folder receives ``<name>_overlay.png`` (the chosen class's map,
+normalised with ``positive``, over the display image), ``<name>_cam.npy`` (the raw maps of
+every class, ``(K, rows, cols)`` float32 on the source pixel grid, in logit units) and, for
+DICOM and NIfTI inputs, ``<name>_cam.nii.gz`` with the source geometry. ``predictions.csv``
+lists every input (``status`` ok or error, with the reason) and ``manifest.json`` records
+the model and the options.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import platform
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image as PILImage
+
+import medcam
+from medcam.errors import ConfigError, MedcamError
+from medcam.export import COLOUR_MAPS, overlay, safe_path, write_nifti
+from medcam.io import VOI, Image, load_image
+from medcam.io.discover import iter_images
+from medcam.models.grid import Normalisation, normalise_maps
+from medcam.models.predictor import Classifier, Prediction
+
+__all__ = ["PredictOptions", "PredictRecord", "predict"]
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What to write and how (see ``medcam predict --help``)."""
+
+    out: Path
+    cam_class: str | None = None
+    colour_map: str = "jet"
+    opacity: float = 0.5
+    normalisation: Normalisation = "positive"
+    batch_size: int = 8
+    voi: VOI = "auto"
+
+    def __post_init__(self) -> None:
+        if self.colour_map not in colormaps:
+            raise ConfigError(f"unknown colour map {self.colour_map!r}; try one of {', '.join(COLOUR_MAPS)}")
+        if not 0.0 <= self.opacity <= 1.0:
+            raise ConfigError(f"opacity must be in [0, 1], got {self.opacity!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size!r}")
+
+
+@dataclass(frozen=True)
+class PredictRecord:
+    """One input's outcome: probabilities and written files, or the error."""
+
+    path: str
+    status: str
+    error: str = ""
+    probabilities: dict[str, float] = field(default_factory=dict)
+    flagged: bool = False
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def predict(paths: Iterable[str | Path], classifier: Classifier, options: PredictOptions) -> list[PredictRecord]:
+    """Run the classifier on every file in ``paths`` (folders recursively) and write outputs."""
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    cam_class = options.cam_class or classifier.checkpoint.model.positive_class
+    if cam_class not in classifier.classes:
+        raise MedcamError(f"--class {cam_class!r} is not one of the model's classes: {', '.join(classifier.classes)}")
+    records: list[PredictRecord] = []
+    files = list(iter_images(paths, on_error=lambda p, why: records.append(PredictRecord(str(p), "error", why))))
+    names = _unique_names(files)
+    pending: list[tuple[Image, str]] = []
+
+    def flush() -> None:
+        predictions = classifier.classify([image for image, _ in pending], batch_size=options.batch_size)
+        for prediction, (_, name) in zip(predictions, pending, strict=True):
+            records.append(_write(prediction, name, cam_class, options))
+        pending.clear()
+
+    for path in files:  # streamed: at most one batch of images is held in memory
+        try:
+            pending.append((load_image(path, voi=options.voi), names[path]))
+        except MedcamError as err:
+            records.append(PredictRecord(str(path), "error", str(err)))
+        if len(pending) == options.batch_size:
+            flush()
+    if pending:
+        flush()
+    _write_table(out / "predictions.csv", records, classifier)
+    _write_manifest(out / "manifest.json", classifier, options, cam_class)
+    return records
+
+
+def _unique_names(files: Sequence[Path]) -> dict[Path, str]:
+    names: dict[Path, str] = {}
+    taken: set[str] = set()
+    for path in files:
+        stem = path.name.removesuffix(".gz")
+        stem = stem.rsplit(".", 1)[0] if "." in stem.strip(".") else stem
+        name = stem
+        if name in taken:
+            digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+            name = f"{stem}-{digest}"
+        taken.add(name)
+        names[path] = name
+    return names
+
+
+def _write(prediction: Prediction, name: str, cam_class: str, options: PredictOptions) -> PredictRecord:
+    image = prediction.image
+    index = prediction.classes.index(cam_class)
+    heat = normalise_maps(prediction.maps[None, index:index + 1], options.normalisation)[0, 0].numpy()
+    files = {}
+    overlay_path = safe_path(options.out, f"{name}_overlay.png")
+    PILImage.fromarray(overlay(image.pixels, heat, colour_map=options.colour_map,
+                               opacity=options.opacity)).save(overlay_path)
+    files["overlay"] = str(overlay_path)
+    maps = prediction.maps.numpy().astype(np.float32)
+    npy_path = safe_path(options.out, f"{name}_cam.npy")
+    np.save(npy_path, maps)
+    files["cam"] = str(npy_path)
+    if image.affine is not None:
+        nii_path = safe_path(options.out, f"{name}_cam.nii.gz")
+        write_nifti(nii_path, image, maps,
+                    description=f"medcam CAM {','.join(prediction.classes)} {prediction.model_id}")
+        files["cam_nifti"] = str(nii_path)
+    probabilities = {c: prediction.probability(c) for c in prediction.classes}
+    return PredictRecord(image.path, "ok", "", probabilities, prediction.flagged, files)
+
+
+def _write_table(path: Path, records: Sequence[PredictRecord], classifier: Classifier) -> None:
+    classes = classifier.classes
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "status", "error", *(f"prob_{c}" for c in classes), "label",
+                         "flagged", "model", "overlay", "cam", "cam_nifti"])
+        for r in records:
+            probs = [f"{r.probabilities[c]:.6f}" if r.probabilities else "" for c in classes]
+            label = max(r.probabilities, key=r.probabilities.__getitem__) if r.probabilities else ""
+            writer.writerow([r.path, r.status, r.error, *probs, label,
+                             str(r.flagged).lower() if r.status == "ok" else "",
+                             classifier.checkpoint.model_id, r.files.get("overlay", ""),
+                             r.files.get("cam", ""), r.files.get("cam_nifti", "")])
+
+
+def _write_manifest(path: Path, classifier: Classifier, options: PredictOptions, cam_class: str) -> None:
+    ckpt = classifier.checkpoint
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"id": ckpt.model_id, "path": ckpt.path, "trained": ckpt.trained,
+                  "classes": list(ckpt.model.classes), "positive_class": ckpt.model.positive_class,
+                  "temperature": ckpt.temperature, "threshold": ckpt.threshold,
+                  "preprocess": asdict(ckpt.preprocess)},
+        "options": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+                    "cam_class": cam_class},
+        "versions": {"medcam": medcam.__version__, "python": platform.python_version()},
+    }
+    path.write_text(json.dumps(manifest, indent=2))
