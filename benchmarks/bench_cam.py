@@ -64,47 +64,49 @@ def main() -> None:
     print("|" + "---|" * len(header))
     for size in args.sizes:
         for batch in args.batches:
-            x = torch.rand(batch, 1, size, size)
-
-            def plain() -> object:
-                with torch.inference_mode():
-                    return net(x)
-
-            def ours() -> object:
-                with torch.inference_mode():
-                    return single(x)
-
-            grid = GridTransform.fit((size, size), size, "stretch")
-
-            def ours_up() -> object:
-                with torch.inference_mode():
-                    out = single(x)
-                    return normalise_maps(maps_to_source(out.maps, grid))
-
-            def cam(classes: int) -> Callable[[], object]:
-                def run() -> object:
-                    with torch.no_grad():
-                        return [monai_cam(x, class_idx=torch.full((batch,), c)) for c in range(classes)]
-                return run
-
-            def grad(classes: int) -> Callable[[], object]:
-                def run() -> object:
-                    return [monai_grad(x, class_idx=c) for c in range(classes)]
-                return run
-
-            timings = {
-                "plain": _time(plain, args.repeats),
-                "ours": _time(ours, args.repeats),
-                "ours_up": _time(ours_up, args.repeats),
-                "cam1": _time(cam(1), args.repeats),
-                "camk": _time(cam(k), args.repeats),
-                "grad1": _time(grad(1), args.repeats),
-                "gradk": _time(grad(k), args.repeats),
-            }
+            timings = _measure(net, single, monai_cam, monai_grad, size, batch, k, args.repeats)
             base = timings["plain"]
             cells = [f"{batch / t:.1f} ({base / t:.2f}x)" for t in timings.values()]
             print(f"| {size} | {batch} | " + " | ".join(cells) + " |", flush=True)
 
+
+def _measure(net: torch.nn.Module, single: torch.nn.Module, monai_cam: CAM, monai_grad: GradCAM,
+             size: int, batch: int, k: int, repeats: int) -> dict[str, float]:
+    x = torch.rand(batch, 1, size, size)
+    grid = GridTransform.fit((size, size), size, "stretch")
+
+    def plain() -> object:
+        with torch.inference_mode():
+            return net(x)
+
+    def ours() -> object:
+        with torch.inference_mode():
+            return single(x)
+
+    def ours_up() -> object:
+        with torch.inference_mode():
+            return normalise_maps(maps_to_source(single(x).maps, grid))
+
+    def cam(classes: int) -> Callable[[], object]:
+        def run() -> object:
+            with torch.no_grad():
+                return [monai_cam(x, class_idx=torch.full((batch,), c)) for c in range(classes)]
+        return run
+
+    def grad(classes: int) -> Callable[[], object]:
+        def run() -> object:
+            return [monai_grad(x, class_idx=c) for c in range(classes)]
+        return run
+
+    return {
+        "plain": _time(plain, repeats),
+        "ours": _time(ours, repeats),
+        "ours_up": _time(ours_up, repeats),
+        "cam1": _time(cam(1), repeats),
+        "camk": _time(cam(k), repeats),
+        "grad1": _time(grad(1), repeats),
+        "gradk": _time(grad(k), repeats),
+    }
 
 if __name__ == "__main__":
     main()

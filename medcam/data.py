@@ -103,10 +103,10 @@ def split_by_patient(samples: Sequence[Sample], fractions: Sequence[float], seed
         n_splits = max(2, round(left / fraction))
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         keep, take = next(splitter.split(remaining, labels[remaining], groups[remaining]))
-        parts.append([samples[i] for i in remaining[take]])
+        parts.append([samples[int(i)] for i in remaining[take]])
         remaining = remaining[keep]
         left -= fraction
-    return [[samples[i] for i in remaining], *parts]
+    return [[samples[int(i)] for i in remaining], *parts]
 
 
 def data_hash(samples: Sequence[Sample]) -> str:

@@ -2,9 +2,9 @@
 
 The run folder receives ``train.csv``/``val.csv``/``test.csv`` (the patient-disjoint split),
 ``last.pt`` (the full training state, written atomically after every epoch; a new run with
-the same folder resumes from it; only ``train.epochs`` may differ), ``best.pt`` (the best-AUROC model as a medcam checkpoint,
-calibrated by temperature scaling on the validation split, with its operating threshold and
-metadata) and ``history.json``.
+the same folder resumes from it, and only ``train.epochs`` may differ), ``best.pt`` (the
+best-AUROC model as a medcam checkpoint, calibrated by temperature scaling on the validation
+split, with its operating threshold and metadata) and ``history.json``.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
 
     model = build_network(config.model)
     if config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.train.lr,
                                   weight_decay=config.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.train.epochs)
@@ -187,7 +187,7 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
         probs = torch.softmax(torch.from_numpy(logits), -1)[:, positive].numpy()
         auc = float(roc_auc_score(labels == positive, probs))
         row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_auroc": auc,
-               "lr": scheduler.get_last_lr()[0], "seconds": time.time() - tick}
+               "lr": float(scheduler.get_last_lr()[0]), "seconds": time.time() - tick}
         history.append(row)
         improved = auc > best_auc
         if improved:
@@ -209,7 +209,8 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
     threshold = screening_threshold(probs, labels == positive, config.train.target_sensitivity)
     best = out / "best.pt"
     model_id = save_checkpoint(
-        best, model.to(memory_format=torch.contiguous_format), config.model, config.preprocess,
+        best, model.to(memory_format=torch.contiguous_format),  # type: ignore[call-overload]
+        config.model, config.preprocess,
         temperature=temperature, threshold=threshold, trained=True, half=True,
         extra={
             "config": config.to_dict(),

@@ -202,7 +202,7 @@ def _apply_voi(values: np.ndarray, ds: Dataset, voi: VOI, path: Path) -> tuple[n
                         "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence",
                         "VOILUTFunction"):
             if keyword in ds:
-                setattr(source, keyword, ds.data_element(keyword).value)
+                setattr(source, keyword, ds[keyword].value)
         source.WindowCenter, source.WindowWidth = center, width
         choice = "window"
     if choice == "none":

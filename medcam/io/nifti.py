@@ -26,11 +26,14 @@ def read_nifti(path: str | Path) -> Image:
     path = Path(path)
     try:
         nii = nib.load(path)
-        data = np.asarray(nii.dataobj, dtype=np.float64)
     except (ImageFileError, OSError, EOFError, ValueError) as err:
         raise UnsupportedInputError(path, f"not a readable NIfTI file ({err})") from err
     if not isinstance(nii, (nib.Nifti1Image, nib.Nifti2Image)):
         raise UnsupportedInputError(path, f"{type(nii).__name__} is not NIfTI")
+    try:
+        data = np.asarray(nii.dataobj, dtype=np.float64)
+    except (OSError, EOFError, ValueError) as err:
+        raise UnsupportedInputError(path, f"truncated or corrupt NIfTI data ({err})") from err
     shape = data.shape
     if data.ndim < 2 or any(n != 1 for n in shape[2:]) or min(shape[:2]) < 2:
         raise UnsupportedInputError(

@@ -30,8 +30,9 @@ def read_raster(path: str | Path) -> Image:
             fmt = (img.format or "").lower()
             if fmt not in ("png", "jpeg"):
                 raise UnsupportedInputError(path, f"{img.format or 'unknown'} image; expected PNG or JPEG")
-            if getattr(img, "n_frames", 1) > 1:
-                raise UnsupportedInputError(path, f"animated image with {img.n_frames} frames")
+            frames = int(getattr(img, "n_frames", 1))
+            if frames > 1:
+                raise UnsupportedInputError(path, f"animated image with {frames} frames")
             img.load()
             mode = img.mode
             if mode in _FULL_SCALE:

@@ -80,7 +80,8 @@ class _SpatialToBatch(nn.Module):
 
     @property
     def last_spatial(self) -> tuple[int, ...]:
-        return self._local.spatial  # type: ignore[no-any-return]
+        spatial: tuple[int, ...] = self._local.spatial
+        return spatial
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape

@@ -135,7 +135,8 @@ def load_checkpoint(path: str | Path = BUNDLED_MODEL, *, device: str | torch.dev
         )
     meta = payload["metadata"]
     try:
-        model = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()}
+        model = ModelConfig(**fields)
         preprocess = PreprocessConfig(**meta["preprocess"])
     except (KeyError, TypeError, ConfigError) as err:
         raise CheckpointError(f"{file}: metadata is incomplete or invalid ({err})") from err

@@ -101,7 +101,8 @@ class Classifier:
     def forward(self, batch: torch.Tensor) -> CAMOutput:
         """Logits and feature-grid maps for a prepared batch ``(B, 1, size, size)``."""
         with torch.inference_mode():
-            return self.cam(batch.to(self.device))  # type: ignore[no-any-return]
+            output: CAMOutput = self.cam(batch.to(self.device))
+        return output
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities: softmax of the logits over the temperature."""
