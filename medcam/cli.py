@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,9 +15,13 @@ __all__ = ["main"]
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
     from medcam.config import load_config
     from medcam.train import train
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train(load_config(args.config), args.out)
     return 0
 
@@ -51,13 +56,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medcam.models.predictor import Classifier
 
     result = evaluate(Classifier(args.model, device=args.device), args.data, args.out,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, command=shlex.join(["medcam", *sys.argv[1:]]))
     m = result.metrics
     low, high = m["auroc_ci95"]
     print(f"n={m['n']} ({m['n_positive']} positive)  AUROC {m['auroc']:.4f} (95% CI {low:.4f}-{high:.4f})  "
           f"threshold {m['threshold']:.3f}: sensitivity {m['sensitivity']:.3f}, "
           f"specificity {m['specificity']:.3f}  ECE {m['ece']:.3f}")
     print(f"wrote metrics.json, roc.png, reliability.png, confusion.png to {args.out}")
+    return 0
+
+
+def _model_card(args: argparse.Namespace) -> int:
+    from medcam.modelcard import render_model_card
+    from medcam.models.checkpoint import load_checkpoint
+
+    evaluations = dict(item.split("=", 1) for item in args.eval)
+    notes = Path(args.notes).read_text() if args.notes else ""
+    card = render_model_card(load_checkpoint(args.model), evaluations, notes=notes)
+    Path(args.out).write_text(card)
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -69,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a classifier from a YAML config (resumes)")
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/pneumonia_densenet121.yaml")
     p.add_argument("--out", default="runs/train", help="run folder (resumed if it holds last.pt)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="probabilities, CAM overlays and raw maps for images",
@@ -94,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("model-card", help="write a model card from a checkpoint and its evaluations")
+    p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
+    p.add_argument("--eval", nargs="+", default=[], metavar="SPLIT=DIR",
+                   help="evaluation folders holding metrics.json, e.g. test=runs/eval-test")
+    p.add_argument("--notes", help="markdown file with reviewer observations of the CAMs")
+    p.add_argument("--out", required=True, help="the markdown file to write")
+    p.set_defaults(func=_model_card)
     return parser
 
 

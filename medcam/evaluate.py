@@ -96,8 +96,12 @@ def evaluate_scores(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, t
     }
 
 
-def evaluate(classifier: Classifier, data: str | Path, out: str | Path, *, batch_size: int = 16) -> Evaluation:
-    """Score every labelled image of ``data`` (CSV or class folders) and write the report."""
+def evaluate(classifier: Classifier, data: str | Path, out: str | Path, *, batch_size: int = 16,
+             command: str = "") -> Evaluation:
+    """Score every labelled image of ``data`` (CSV or class folders) and write the report.
+
+    ``command``, when given, is recorded in ``metrics.json`` (the command line that made it).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = classifier.checkpoint
@@ -112,7 +116,7 @@ def evaluate(classifier: Classifier, data: str | Path, out: str | Path, *, batch
     groups = np.array([s.patient_id for s in samples])
     metrics = evaluate_scores(probs, labels, groups, ckpt.threshold)
     metrics.update({"model": ckpt.model_id, "data": str(data), "positive_class": ckpt.model.positive_class,
-                    "temperature": ckpt.temperature})
+                    "temperature": ckpt.temperature, "command": command})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_predictions(out / "predictions.csv", samples, probs, labels)
     _plot_roc(out / "roc.png", probs, labels, metrics)

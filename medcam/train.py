@@ -149,6 +149,7 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
+        scheduler.T_max = config.train.epochs  # a changed epoch budget re-aims the cosine decay
         start_epoch, best_auc, best_epoch = state["epoch"] + 1, state["best_auc"], state["best_epoch"]
         history = state["history"]
         log(f"resuming after epoch {start_epoch} (best validation AUROC {best_auc:.4f})")
