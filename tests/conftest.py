@@ -171,3 +171,10 @@ def mlp_cnn3d() -> nn.Module:
     """Tiny CNN with an MLP head, 3D, 3 classes; use 16^3 inputs."""
     _seeded(8)
     return tiny_cnn(3, "mlp")
+
+
+@pytest.fixture(scope="session")
+def maxpool_cnn2d() -> nn.Module:
+    """Tiny CNN with global MAX pooling (no GAP layer), 2D, 3 classes."""
+    _seeded(9)
+    return tiny_cnn(2, "maxpool")

@@ -175,7 +175,7 @@ class GradCAM(_GradientCAM):
         >>> net = resnet18(spatial_dims=2, n_input_channels=1, num_classes=3).eval()
         >>> out = GradCAM(net, "layer4")(torch.rand(1, 1, 64, 64))
         >>> tuple(out.maps.shape)
-        (1, 3, 2, 2)
+        (1, 3, 4, 4)
     """
 
     _monai_method = monai_cams.GradCAM

@@ -58,6 +58,7 @@ class Prediction:
         classes: class names, in the order of the two tensors above.
         flagged: the positive class's probability is at or above the operating threshold.
         model_id: the checkpoint's id.
+        temperature: the calibration temperature ``T`` of :attr:`probabilities`.
     """
 
     image: Image
@@ -68,6 +69,7 @@ class Prediction:
     positive_class: str
     threshold: float
     model_id: str
+    temperature: float = 1.0
 
     @property
     def positive_probability(self) -> float:
@@ -135,6 +137,7 @@ class Classifier:
                 positive_class=ckpt.model.positive_class,
                 threshold=ckpt.threshold,
                 model_id=ckpt.model_id,
+                temperature=ckpt.temperature,
             )
             for i, (image, transform) in enumerate(zip(images, transforms, strict=True))
         ]
