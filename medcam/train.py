@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +32,7 @@ from medcam.calibration import fit_temperature, screening_threshold
 from medcam.config import Config
 from medcam.data import Sample, data_hash, read_samples, split_by_patient, write_samples
 from medcam.errors import ConfigError
+from medcam.files import atomic_open
 from medcam.io import load_image
 from medcam.models.checkpoint import save_checkpoint
 from medcam.models.networks import build_network
@@ -100,12 +99,8 @@ def _evaluate(model: nn.Module, loader: DataLoader, config: Config) -> tuple[np.
 
 
 def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_open(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def train(config: Config, out: str | Path, *, log: Any = print) -> Path:

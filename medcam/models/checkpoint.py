@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,6 +26,7 @@ from torch import nn
 import medcam
 from medcam.config import ModelConfig, PreprocessConfig
 from medcam.errors import CheckpointError, ConfigError
+from medcam.files import atomic_open
 from medcam.models.networks import build_network
 
 __all__ = ["BUNDLED_MODEL", "Checkpoint", "load_checkpoint", "save_checkpoint"]
@@ -100,16 +99,8 @@ def save_checkpoint(
                "metadata": metadata}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        torch.save(payload, f)
     return _model_id(model.architecture, path)
 
 
