@@ -31,7 +31,7 @@ from medcam.io.discover import iter_images
 from medcam.models.grid import Normalisation, normalise_maps
 from medcam.models.predictor import Classifier, Prediction
 
-__all__ = ["PredictOptions", "PredictRecord", "predict"]
+__all__ = ["PredictOptions", "PredictRecord", "predict", "write_cams"]
 
 SCHEMA_VERSION = 1
 
@@ -116,26 +116,40 @@ def _unique_names(files: Sequence[Path]) -> dict[Path, str]:
     return names
 
 
-def _write(prediction: Prediction, name: str, cam_class: str, options: PredictOptions) -> PredictRecord:
+def write_cams(prediction: Prediction, folder: Path, name: str, *, cam_class: str,
+               colour_map: str = "jet", opacity: float = 0.5, normalisation: Normalisation = "positive",
+               nifti: bool = True) -> dict[str, str]:
+    """Write one prediction's CAM files into ``folder`` and return them by kind.
+
+    ``<name>_overlay.png``: ``cam_class``'s map, normalised, over the display image;
+    ``<name>_cam.npy``: every class's raw map ``(K, rows, cols)`` float32 on the source grid;
+    with ``nifti`` and a source geometry, ``<name>_cam.nii.gz``. Names go through
+    :func:`~medcam.export.safe_path`. Keys: ``overlay``, ``cam`` and ``cam_nifti``.
+    """
     image = prediction.image
     index = prediction.classes.index(cam_class)
-    heat = normalise_maps(prediction.maps[None, index:index + 1], options.normalisation)[0, 0].numpy()
+    heat = normalise_maps(prediction.maps[None, index:index + 1], normalisation)[0, 0].numpy()
     files = {}
-    overlay_path = safe_path(options.out, f"{name}_overlay.png")
-    PILImage.fromarray(overlay(image.pixels, heat, colour_map=options.colour_map,
-                               opacity=options.opacity)).save(overlay_path)
+    overlay_path = safe_path(folder, f"{name}_overlay.png")
+    PILImage.fromarray(overlay(image.pixels, heat, colour_map=colour_map, opacity=opacity)).save(overlay_path)
     files["overlay"] = str(overlay_path)
     maps = prediction.maps.numpy().astype(np.float32)
-    npy_path = safe_path(options.out, f"{name}_cam.npy")
+    npy_path = safe_path(folder, f"{name}_cam.npy")
     np.save(npy_path, maps)
     files["cam"] = str(npy_path)
-    if image.affine is not None:
-        nii_path = safe_path(options.out, f"{name}_cam.nii.gz")
+    if nifti and image.affine is not None:
+        nii_path = safe_path(folder, f"{name}_cam.nii.gz")
         write_nifti(nii_path, image, maps,
                     description=f"medcam CAM {','.join(prediction.classes)} {prediction.model_id}")
         files["cam_nifti"] = str(nii_path)
+    return files
+
+
+def _write(prediction: Prediction, name: str, cam_class: str, options: PredictOptions) -> PredictRecord:
+    files = write_cams(prediction, options.out, name, cam_class=cam_class, colour_map=options.colour_map,
+                       opacity=options.opacity, normalisation=options.normalisation)
     probabilities = {c: prediction.probability(c) for c in prediction.classes}
-    return PredictRecord(image.path, "ok", "", probabilities, prediction.flagged, files)
+    return PredictRecord(prediction.image.path, "ok", "", probabilities, prediction.flagged, files)
 
 
 def _write_table(path: Path, records: Sequence[PredictRecord], classifier: Classifier) -> None:

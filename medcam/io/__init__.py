@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from medcam.errors import UnsupportedInputError
-from medcam.io.dicom import VOI, is_dicom, read_dicom
+from medcam.io.dicom import VOI, is_dicom, read_dicom, read_identity
 from medcam.io.image import DicomIdentity, Image, ImageFormat
 from medcam.io.nifti import read_nifti
 from medcam.io.raster import read_raster
 
 __all__ = ["VOI", "DicomIdentity", "Image", "ImageFormat", "detect_format", "is_dicom",
-           "load_image", "read_dicom", "read_nifti", "read_raster"]
+           "load_image", "read_dicom", "read_identity", "read_nifti", "read_raster"]
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"

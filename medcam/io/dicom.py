@@ -39,7 +39,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from medcam.errors import UnsupportedInputError
 from medcam.io.image import DicomIdentity, Image
 
-__all__ = ["VOI", "is_dicom", "read_dicom"]
+__all__ = ["VOI", "is_dicom", "read_dicom", "read_identity"]
 
 VOI = Literal["auto", "lut", "window", "none"] | tuple[float, float]
 
@@ -68,6 +68,22 @@ def is_dicom(path: str | Path) -> bool:
     except Exception:  # pydicom raises a variety of errors on junk; junk is simply "no"
         return False
     return any(tag in ds for tag in ("SOPClassUID", "Modality", "Rows"))
+
+
+def read_identity(path: str | Path) -> DicomIdentity | None:
+    """The UIDs in a DICOM file's header, without its pixels; None when there are none.
+
+    For reports about files whose pixels were refused (truncated, undecodable ...), so that
+    the refusal can still be placed in its study. A header that does not parse has no UIDs.
+    """
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=[
+            "SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID",
+            "FrameOfReferenceUID", "PatientID"])
+    except Exception:  # junk has no header, which is the answer
+        return None
+    identity = _identity(ds)
+    return identity if identity.sop_instance_uid or identity.study_instance_uid else None
 
 
 def read_dicom(path: str | Path, *, voi: VOI = "auto") -> Image:

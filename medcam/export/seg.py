@@ -1,0 +1,107 @@
+"""DICOM Segmentation (SEG) of the regions, with highdicom.
+
+One BINARY segment holds the union of the regions of one class, on the source image's pixel
+grid, in a new series of the source's study. The object references the source image (Source
+Image Sequence, Referenced Series Sequence), copies its patient and study from the checked
+header (:func:`~medcam.export.dicom_source.reference_dataset`) and describes the segment
+with coded concepts:
+
+- category SCT 49755003 "Morphologically abnormal structure" and type DCM 112001
+  "Opacity" (CID 6102, thoracic radiographic findings: the finding RSNA's pneumonia boxes
+  mark) for a pneumonia or opacity class; category SCT 309825002 "Spatial and relational
+  concept" and type DCM 111030 "Image region" for any other class;
+- anatomic region SCT 39607008 "Lung";
+- algorithm type AUTOMATIC, algorithm "medcam" (family "Artificial Intelligence", version
+  :data:`medcam.__version__`) with the model id, class and threshold rule as parameters.
+
+Projection radiographs and secondary captures have no Frame of Reference: the segmentation
+is then aligned with its source pixel for pixel, and carries no Pixel Measures Sequence
+(highdicom 0.28 would write one without Slice Thickness that it then cannot read back).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+
+import medcam
+from medcam.export.dicom_source import reference_dataset
+from medcam.io.image import Image
+from medcam.regions import RegionSet
+
+__all__ = ["SEG_SERIES_NUMBER", "build_seg", "write_seg"]
+
+SEG_SERIES_NUMBER = 901
+_OPACITY_CLASSES = ("pneumonia", "opacity", "lung opacity", "lung_opacity", "consolidation")
+
+
+def build_seg(image: Image, regions: RegionSet, *, model_id: str = "") -> tuple[hd.seg.Segmentation, tuple[str, ...]]:
+    """The Segmentation of ``regions`` over ``image``, and notes on the source header.
+
+    Raises:
+        UnsupportedInputError: the source is not DICOM or its identity is invalid.
+        ValueError: the regions are not on the image's grid.
+    """
+    if regions.shape != image.shape:
+        raise ValueError(f"{image.path}: regions are on a {regions.shape} grid, the image is {image.shape}")
+    source, notes = reference_dataset(image)
+    if "FrameOfReferenceUID" not in source:
+        for keyword in ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"):
+            if keyword in source:
+                del source[keyword]
+    class_name = regions.class_name or "region"
+    opacity = class_name.lower() in _OPACITY_CLASSES
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="medcam", family=codes.cid7162.ArtificialIntelligence, version=medcam.__version__,
+        parameters={"model": model_id or "unknown", "class": class_name,
+                    "threshold": regions.options.describe()},
+    )
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=f"{class_name} CAM regions"[:64],
+        segmented_property_category=(codes.cid7150.MorphologicallyAbnormalStructure if opacity
+                                     else codes.cid7150.SpatialAndRelationalConcept),
+        segmented_property_type=codes.DCM.Opacity if opacity else codes.DCM.ImageRegion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        anatomic_regions=[codes.SCT.Lung],
+    )
+    with warnings.catch_warnings():  # the source's own single-component names are copied as they are
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        seg = hd.seg.Segmentation(
+            source_images=[source],
+            pixel_array=regions.mask[None].astype(np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[segment],
+            series_instance_uid=hd.UID(),
+            series_number=SEG_SERIES_NUMBER,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="medcam",
+            manufacturer_model_name="medcam",
+            software_versions=medcam.__version__,
+            device_serial_number=(model_id or "unknown")[:64],
+            content_label="MEDCAM_CAM",
+            content_description=f"medcam CAM regions of {class_name}"[:64],
+            series_description=f"medcam {class_name} regions"[:64],
+            omit_empty_frames=False,
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+        )
+    if "ImageOrientationPatient" not in source and "PatientOrientation" not in seg:
+        # General Image: Type 2C when there is no Image Orientation (Patient); copied, empty if unknown
+        seg.PatientOrientation = source.get("PatientOrientation", "")
+    return seg, notes
+
+
+def write_seg(path: str | Path, image: Image, regions: RegionSet, *,
+              model_id: str = "") -> tuple[Path, tuple[str, ...]]:
+    """Write :func:`build_seg`'s object to ``path``; returns the path and the notes."""
+    seg, notes = build_seg(image, regions, model_id=model_id)
+    path = Path(path)
+    seg.save_as(path)
+    return path, notes
