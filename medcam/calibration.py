@@ -30,12 +30,20 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def screening_threshold(probs: np.ndarray, positive: np.ndarray, sensitivity: float) -> float:
-    """The highest threshold whose sensitivity (``probs >= t`` among positives) is >= ``sensitivity``."""
-    scores = np.sort(np.asarray(probs)[np.asarray(positive, dtype=bool)])[::-1]
+    """A threshold reaching ``sensitivity`` (``probs >= t`` among positives), as high as possible.
+
+    The threshold sits halfway between the score of the last positive that must be caught and
+    the next lower score of any case, not on that positive's score itself: a probability that
+    moves by rounding (another CPU, float16 weights) must not drop it below the threshold.
+    """
+    probs = np.asarray(probs, dtype=float)
+    scores = np.sort(probs[np.asarray(positive, dtype=bool)])[::-1]
     if scores.size == 0:
         raise ValueError("no positive cases: cannot choose a screening threshold")
     needed = max(1, int(np.ceil(sensitivity * scores.size)))
-    return float(scores[needed - 1])
+    threshold = float(scores[needed - 1])
+    lower = probs[probs < threshold]
+    return (threshold + float(lower.max())) / 2 if lower.size else threshold
 
 
 def expected_calibration_error(probs: np.ndarray, positive: np.ndarray, bins: int = 10) -> float:

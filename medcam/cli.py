@@ -51,6 +51,65 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if all(r.status == "ok" for r in records) else 1
 
 
+def _score(args: argparse.Namespace) -> int:
+    from medcam.models.checkpoint import load_checkpoint
+    from medcam.models.predictor import Classifier
+    from medcam.scoring import ScoreOptions, default_workers, score, score_ray
+
+    voi = tuple(args.window) if args.window else args.voi
+    workers = default_workers() if args.workers is None else args.workers
+    options = ScoreOptions(out=Path(args.out), cams=Path(args.cams) if args.cams else None,
+                           batch_size=args.batch_size, workers=workers, voi=voi)
+    if args.engine == "ray":
+        ckpt = load_checkpoint(args.model)
+    else:
+        classifier = Classifier(args.model, device=args.device)
+        ckpt = classifier.checkpoint
+    status = "trained" if ckpt.trained else "UNTRAINED PLACEHOLDER - outputs are meaningless"
+    print(f"model {ckpt.model_id} ({status}); {ckpt.model.positive_class} flagged at "
+          f"p >= {ckpt.threshold:.3f}; engine {args.engine}")
+    try:
+        if args.engine == "ray":
+            summary = score_ray(args.inputs, ckpt, options, device=args.device, address=args.ray_address,
+                                actors=args.actors)
+        else:
+            summary = score(args.inputs, classifier, options)
+    except KeyboardInterrupt:
+        print(f"rows scored so far are safe in {options.out}; run the same command again to resume",
+              file=sys.stderr)
+        raise
+    print(f"{summary.scored} rows written ({summary.errors} errors) at {summary.images_per_second:.1f} "
+          f"images/s; {summary.resumed} already in the file; {summary.skipped} non-image files skipped")
+    print(f"wrote {summary.results} and {summary.studies}")
+    return 1 if summary.errors else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from medcam.annotate import ExportOptions, export_images
+    from medcam.models.predictor import Classifier
+    from medcam.regions import RegionOptions, parse_threshold
+
+    rule, value = parse_threshold(args.threshold)
+    regions = RegionOptions(rule=rule, value=value, smoothing=args.smooth, min_area=args.min_area)
+    options = ExportOptions(out=Path(args.out), cam_class=args.cam_class, formats=args.formats, regions=regions,
+                            batch_size=args.batch_size, voi=tuple(args.window) if args.window else args.voi)
+    classifier = Classifier(args.model, device=args.device)
+    ckpt = classifier.checkpoint
+    status = "trained" if ckpt.trained else "UNTRAINED PLACEHOLDER - regions are meaningless"
+    print(f"model {ckpt.model_id} ({status}); regions: {regions.describe()}")
+    records = export_images(args.paths, classifier, options)
+    width = max((len(Path(r.path).name) for r in records), default=10)
+    for r in records:
+        name = Path(r.path).name.ljust(width)
+        if r.probability is not None:
+            skipped = "".join(f"  ({fmt} skipped: {why})" for fmt, why in r.skipped.items())
+            print(f"{name}  p={r.probability:.3f}  {r.regions} region(s){skipped}")
+        if r.status != "ok":
+            print(f"{name}  error: {r.error}")
+    print(f"wrote {', '.join(options.formats)} exports and exports.csv to {options.out}")
+    return 0 if all(r.status == "ok" for r in records) else 1
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from medcam.evaluate import evaluate
     from medcam.models.predictor import Classifier
@@ -76,6 +135,17 @@ def _model_card(args: argparse.Namespace) -> int:
     Path(args.out).write_text(card)
     print(f"wrote {args.out}")
     return 0
+
+
+def _review(args: argparse.Namespace) -> int:
+    from medcam.review import ReviewConfig, default_db, launch
+    from medcam.review.worklist import Limits
+
+    folder = Path(args.folder) if args.folder else None
+    limits = Limits(max_bytes=args.max_upload_mb * 2**20, max_pixels=args.max_pixels)
+    config = ReviewConfig(folder=folder, db=Path(args.db) if args.db else default_db(folder), model=args.model,
+                          limits=limits)
+    return launch(config, host=args.host, port=args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +175,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=_predict)
 
+    p = sub.add_parser("score", help="score folders of images into a resumable results CSV",
+                       description="Score every DICOM, NIfTI, PNG or JPEG file under INPUT (folders "
+                       "recursively; DICOM recognised by content) into one CSV row per file, appended "
+                       "durably: re-run the same command after a crash or Ctrl-C to resume. Also writes "
+                       "RESULTS.studies.csv (one row per study, highest probability first). Exit status "
+                       "1 when this run wrote error rows.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
+    p.add_argument("--out", required=True, metavar="RESULTS.csv", help="results CSV (resumed if it exists)")
+    p.add_argument("--cams", metavar="DIR", help="also write each image's CAM overlay and raw map here")
+    p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+    p.add_argument("--workers", type=int,
+                   help="decoding processes (default: half the CPU cores, 1 to 8; 0 decodes in the main process)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default: cpu)")
+    p.add_argument("--voi", choices=["auto", "lut", "window", "none"], default="auto",
+                   help="DICOM VOI step (default: auto = VOI LUT, else window, else percentiles)")
+    p.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"),
+                   help="DICOM window to use instead of the file's")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help='local (default), or ray (pip install "medcam-screening[distributed]")')
+    p.add_argument("--ray-address", metavar="ADDRESS",
+                   help="Ray cluster to use: 'auto' for the one this machine belongs to, or ray://HOST:PORT "
+                   "(default: $RAY_ADDRESS if set, else a local Ray instance)")
+    p.add_argument("--actors", type=int, default=1,
+                   help="Ray model actors; with --device cuda one GPU each (default: 1)")
+    p.set_defaults(func=_score)
+
+    p = sub.add_parser("export", help="CAM regions of one class as DICOM SEG/SC, NIfTI, PNG, COCO JSON and CSV",
+                       description="Find the regions of a class's activation map and export them for "
+                                   "annotation tools (DICOM, NIfTI, PNG or JPEG inputs; folders recursively).")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    p.add_argument("--out", default="medcam-export", help="output folder (default: medcam-export)")
+    p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
+    p.add_argument("--class", dest="cam_class", help="class whose map gives the regions, any case "
+                   "(default: the positive class)")
+    p.add_argument("--formats", default="all", help="comma-separated: seg,sc,nifti,png,json,csv (default: all)")
+    p.add_argument("--threshold", default="fraction:0.5",
+                   help="region rule: a fraction of the map's maximum ('0.5' or 'fraction:0.5', the default), "
+                        "a calibrated probability ('absolute:0.7') or 'otsu'")
+    p.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
+                   help="Gaussian smoothing sigma in mm (pixels when the spacing is unknown; default 0: none)")
+    p.add_argument("--min-area", type=float, default=0.0, metavar="AREA",
+                   help="drop regions smaller than this, in mm^2 (pixels when the spacing is unknown)")
+    p.add_argument("--voi", choices=["auto", "lut", "window", "none"], default="auto",
+                   help="DICOM VOI step for the display image (default: auto)")
+    p.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"),
+                   help="DICOM window to use instead of the file's")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(func=_export)
+
     p = sub.add_parser("evaluate", help="AUROC with CI, calibration and operating point on labelled data")
     p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
     p.add_argument("--data", required=True, help="CSV (file,label[,patient_id]) or a folder per class")
@@ -120,6 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", help="markdown file with reviewer observations of the CAMs")
     p.add_argument("--out", required=True, help="the markdown file to write")
     p.set_defaults(func=_model_card)
+
+    p = sub.add_parser("review", help="start the reviewer app (Streamlit) for radiologists",
+                       description="Start the reviewer in the browser: a worklist of the images under DIR and "
+                       "uploads, triaged by probability, with CAM overlays, regions and reviews stored in SQLite. "
+                       "Needs: pip install \"medcam-screening[app]\".")
+    p.add_argument("folder", nargs="?", metavar="DIR", help="folder of images (recursively); omit for uploads only")
+    p.add_argument("--db", help="review database (default: DIR/.medcam-review/review.db)")
+    p.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this computer only; the app has no login)")
+    p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
+    p.add_argument("--max-upload-mb", type=int, default=100, help="largest upload in MiB (default: 100)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="largest image in pixels, folder or upload (default: 40000000)")
+    p.set_defaults(func=_review)
     return parser
 
 

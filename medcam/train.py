@@ -85,10 +85,11 @@ def _without_epochs(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "train": {k: v for k, v in config["train"].items() if k != "epochs"}}
 
 
-def _evaluate(model: nn.Module, loader: DataLoader, config: Config) -> tuple[np.ndarray, np.ndarray]:
+def _evaluate(model: nn.Module, loader: DataLoader, config: Config, *,
+              bf16: bool) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     logits, labels = [], []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.bf16):
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for batch in loader:
             x = batch["image"]
             if config.train.channels_last:
@@ -178,7 +179,7 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
             seen += len(y)
             bar.set_postfix(loss=f"{total / seen:.4f}", img_s=f"{seen / (time.time() - tick):.1f}")
         scheduler.step()
-        logits, labels = _evaluate(model, val_loader, config)
+        logits, labels = _evaluate(model, val_loader, config, bf16=config.train.bf16)
         positive = classes.index(config.model.positive_class)
         probs = torch.softmax(torch.from_numpy(logits), -1)[:, positive].numpy()
         auc = float(roc_auc_score(labels == positive, probs))
@@ -198,7 +199,8 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
         (out / "history.json").write_text(json.dumps(history, indent=2))
 
     model.load_state_dict(torch.load(out / "best_weights.pt", weights_only=True)["model"])
-    logits, labels = _evaluate(model, val_loader, config)
+    # calibrate in float32, as the model is served, so that the threshold holds at inference
+    logits, labels = _evaluate(model, val_loader, config, bf16=False)
     positive = classes.index(config.model.positive_class)
     temperature = fit_temperature(logits, labels)
     probs = torch.softmax(torch.from_numpy(logits) / temperature, -1)[:, positive].numpy()

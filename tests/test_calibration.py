@@ -23,7 +23,10 @@ def test_screening_threshold_reaches_the_sensitivity() -> None:
     positive = rng.random(500) < probs
     t = screening_threshold(probs, positive, 0.95)
     assert np.mean(probs[positive] >= t) >= 0.95
-    assert np.mean(probs[positive] >= np.nextafter(t, 1)) < 0.95  # the highest such threshold
+    next_up = probs[probs > t].min()  # raising the threshold past the next case loses sensitivity
+    assert np.mean(probs[positive] > next_up) < 0.95
+    next_down = probs[probs < t].max()  # and the margin is halfway to the next case below
+    assert t == pytest.approx((next_up + next_down) / 2)
 
 
 def test_ece_is_zero_for_calibrated_bins_and_large_for_wrong_ones() -> None:

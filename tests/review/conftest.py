@@ -1,0 +1,68 @@
+"""Fixtures of the reviewer's tests: a tiny seeded checkpoint and folders of real images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+import torch
+
+from medcam.config import ModelConfig, PreprocessConfig
+from medcam.models import Classifier, build_network, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE_DATA = REPO / "sample_data"
+SPACING_MM = 0.175
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Untrained, seeded DenseNet121 at 64 px: fast, and its PNEUMONIA map has one region on RG1."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, build_network(ModelConfig()).eval(), ModelConfig(), PreprocessConfig(size=64),
+                    trained=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_checkpoint: Path) -> Classifier:
+    return Classifier(str(tiny_checkpoint))
+
+
+@pytest.fixture(scope="session")
+def rg1_dicom() -> Path:
+    path = SAMPLE_DATA / "dicom" / "RG1_UNCR.dcm"
+    if not path.is_file():
+        pytest.skip(f"{path} is missing; run python sample_data/make_samples.py")
+    return path
+
+
+def with_spacing(source: Path, target: Path, spacing: float = SPACING_MM) -> Path:
+    """A copy of a DICOM radiograph with a Pixel Spacing (RG1's is 0\\0, unknown), so that
+    regions are measured in mm; it gets its own SOP Instance UID."""
+    ds = pydicom.dcmread(source)
+    ds.PixelSpacing = [spacing, spacing]
+    ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[str(source), "spacing"])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def chest_dicom(rg1_dicom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RG1 with a 0.175 mm pixel spacing (see :func:`with_spacing`); do not modify it."""
+    return with_spacing(rg1_dicom, tmp_path_factory.mktemp("dicom") / "chest_pa.dcm")
+
+
+@pytest.fixture()
+def review_folder(tmp_path: Path, chest_dicom: Path) -> Path:
+    """A data folder: RG1 with a pixel spacing (DICOM), RG1 as PNG, and a non-image file."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(chest_dicom, folder / "chest_pa.dcm")
+    shutil.copy(SAMPLE_DATA / "png" / "RG1.png", folder / "chest.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder

@@ -1,0 +1,177 @@
+"""The reviewer app's logic through Streamlit's AppTest: worklist, viewer, review, export, uploads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from medcam.review.launcher import ReviewConfig
+from medcam.review.store import ReviewStore
+
+pytest.importorskip("streamlit", reason='the reviewer app needs Streamlit: pip install -e ".[test]"')
+from streamlit.testing.v1 import AppTest
+
+APP = Path(__file__).resolve().parents[2] / "apps" / "reviewer.py"
+REVIEWER = "Dr Ada"
+
+
+@pytest.fixture()
+def config(tmp_path: Path, review_folder: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> ReviewConfig:
+    (review_folder / "report.dcm").write_bytes(Path(str(get_testdata_file("test-SR.dcm"))).read_bytes())
+    config = ReviewConfig(folder=review_folder, db=tmp_path / "reviews" / "review.db", model=str(tiny_checkpoint))
+    for name, value in config.to_env().items():
+        monkeypatch.setenv(name, value)
+    return config
+
+
+@pytest.fixture()
+def start(config: ReviewConfig) -> Callable[[], AppTest]:
+    def new_session() -> AppTest:
+        at = AppTest.from_file(str(APP), default_timeout=180)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    return new_session
+
+
+def _choose(at: AppTest, name: str) -> None:
+    box = at.selectbox(key="image")
+    (index,) = [i for i, label in enumerate(box.options) if label.startswith(f"{name} — ")]
+    box.select_index(index).run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _texts(at: AppTest) -> str:
+    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.error, *at.info, *at.success, *at.warning])
+
+
+def _overlay(at: AppTest):
+    (image,) = at.get("image")
+    return image.proto.imgs[0]
+
+
+def test_worklist_is_triaged_and_filtered(start: Callable[[], AppTest]) -> None:
+    at = start()
+    labels = at.selectbox(key="image").options
+    assert [label.split(" — ")[0] for label in labels] == ["chest.png", "chest_pa.dcm", "report.dcm"]
+    scores = [float(label.split("p=")[1].split(" ")[0]) for label in labels[:2]]
+    assert scores == sorted(scores, reverse=True)
+    assert labels[2] == "report.dcm — not scored"  # refused: last, with no score
+    at.sidebar.checkbox(key="flagged_only").check().run()
+    assert all("report.dcm" not in label for label in at.selectbox(key="image").options)
+    at.sidebar.checkbox(key="flagged_only").uncheck()
+    at.sidebar.text_input(key="search").input("PA").run()
+    assert [label.split(" — ")[0] for label in at.selectbox(key="image").options] == ["chest_pa.dcm"]
+    at.sidebar.text_input(key="search").input("")
+    at.sidebar.multiselect(key="statuses").set_value(["reviewed"]).run()
+    assert at.selectbox(key="image").options == []
+    assert any("Untrained placeholder" in w.value for w in at.sidebar.warning)
+
+
+def test_viewer_controls_and_a_refused_file(start: Callable[[], AppTest]) -> None:
+    at = start()
+    _choose(at, "chest_pa.dcm")
+    assert "Enter your name" in _texts(at)
+    assert all(b.disabled for b in at.button if b.key and b.key.startswith(("accept-", "reject-")))
+    overlay = _overlay(at)
+    assert overlay.alt == "overlay chest_pa.dcm PNEUMONIA fraction:0.50"
+    assert overlay.url.endswith(".png")  # sent lossless, not re-encoded as JPEG
+    assert "0.175 x 0.175 mm pixels" in overlay.caption
+    assert "mm²" in _texts(at)  # measured in mm: the file has a pixel spacing
+    at.selectbox(key="preset").select("bone").run()
+    assert (at.slider(key="level").value, at.slider(key="width").value) == (0.7, 0.5)
+    at.slider(key="zoom").set_value(2.0).run()
+    assert at.slider(key="centre_row").value == 50
+    at.radio(key="cam_class").set_value("NORMAL").run()
+    assert _overlay(at).alt == "overlay chest_pa.dcm NORMAL fraction:0.50"
+    at.toggle(key="show_cam").set_value(False).run()
+    assert not at.exception
+    _choose(at, "report.dcm")
+    assert any("report.dcm cannot be shown" in e.value and "structured report" in e.value for e in at.error)
+    _choose(at, "chest.png")  # still usable
+    assert _overlay(at).alt.startswith("overlay chest.png ")
+    assert "pixel spacing unknown" in _overlay(at).caption and "area (px)" in str(at.dataframe[-2].value.columns)
+
+
+def test_review_accept_sign_off_export_and_reopen(start: Callable[[], AppTest], config: ReviewConfig) -> None:
+    at = start()
+    at.sidebar.text_input(key="reviewer").input(REVIEWER)
+    _choose(at, "chest_pa.dcm")
+    store = ReviewStore(config.db)
+    key = next(i.image_key for i in store.reviews())
+    assert store.status(key) == "in review"  # opened by a named reviewer
+
+    regions_at = {}
+    for value in (0.5, 0.3):
+        at.slider(key="threshold").set_value(value).run()
+        regions_at[value] = sum(1 for b in at.button if b.key and b.key.startswith("accept-"))
+        assert _overlay(at).alt.endswith(f"fraction:{value:.2f}")
+    assert regions_at[0.3] >= regions_at[0.5] >= 1
+
+    at.button(key="accept-1").click().run()
+    decisions = store.region_decisions(key, class_name="PNEUMONIA", threshold="fraction:0.30")
+    assert decisions[1].decision == "accept" and decisions[1].reviewer == REVIEWER
+    assert decisions[1].measurements["area_mm2"] > 0
+    assert "Region 1 · " in _texts(at) and "**accept**" in _texts(at)
+
+    at.radio(key=f"agreement-{key}").set_value("agree")
+    at.text_area(key=f"note-{key}").input("RLL opacity")
+    next(b for b in at.button if b.label == "Save and mark reviewed").click().run()
+    assert store.status(key) == "reviewed"
+    assert "is reviewed" in _texts(at)
+
+    at.multiselect(key="formats").set_value(["seg", "json"])
+    at.button(key="export").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert store.status(key) == "exported"
+    (seg,) = config.exports.rglob("*_seg.dcm")
+    assert pydicom.dcmread(seg).Modality == "SEG"
+    assert len(list(config.exports.rglob("*_regions.json"))) == 1
+    assert "Exported json, seg" in _texts(at), _texts(at)
+    assert at.get("download_button")  # the zip, and the reviews CSV in the sidebar
+    csv_text = store.reviews_csv()
+    assert "RLL opacity" in csv_text and REVIEWER in csv_text and "1:" in csv_text
+    assert [e.action for e in store.audit(key)] == ["open", "region accept", "sign off", "export"]
+
+    again = start()  # a new session (as after a restart): the review is there, at its threshold
+    again.sidebar.text_input(key="reviewer").input("Dr Ben")
+    _choose(again, "chest_pa.dcm")
+    assert again.slider(key="threshold").value == 0.3
+    assert "**accept**" in _texts(again) and "status **exported**" in _texts(again)
+    assert again.text_area(key=f"note-{key}").value == "RLL opacity"
+
+
+def test_bad_uploads_are_refused_and_the_app_stays_usable(start: Callable[[], AppTest], config: ReviewConfig,
+                                                          tmp_path: Path) -> None:
+    from PIL import Image as PILImage
+    from streamlit.testing.v1 import element_tree
+
+    if not hasattr(element_tree, "FileUploader"):
+        pytest.skip("this Streamlit's AppTest cannot upload files (the browser test does)")
+    huge = tmp_path / "huge.png"
+    PILImage.new("L", (8000, 6000)).save(huge)
+    at = start()
+    at.sidebar.file_uploader(key="uploads").set_value([
+        ("noise.dcm", np.random.default_rng(1).bytes(5000), "application/dicom"),
+        ("report.dcm", Path(str(get_testdata_file("test-SR.dcm"))).read_bytes(), "application/dicom"),
+        ("huge.png", huge.read_bytes(), "image/png"),
+        ("good.png", (config.folder / "chest.png").read_bytes()[:], "image/png"),  # type: ignore[operator]
+    ]).run()
+    assert not at.exception
+    errors = "\n".join(e.value for e in at.sidebar.error)
+    assert "noise.dcm: not a DICOM, NIfTI (.nii/.nii.gz), PNG or JPEG file" in errors
+    assert "report.dcm: " in errors and "structured report" in errors
+    assert "huge.png: the image has 48,000,000 pixels" in errors
+    assert "good.png" not in errors
+    # the good upload has the same bytes as chest.png: it is the same worklist item
+    assert [label.split(" — ")[0] for label in at.selectbox(key="image").options] == \
+        ["chest.png", "chest_pa.dcm", "report.dcm"]
+    assert sorted(p.name.split("-", 1)[1] for p in config.uploads.iterdir()) == ["good.png"]
+    _choose(at, "chest_pa.dcm")
+    assert _overlay(at).alt.startswith("overlay chest_pa.dcm ")
