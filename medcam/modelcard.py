@@ -42,6 +42,7 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
     config = meta.get("config", {})
     train_cfg = config.get("train", {})
     versions = meta.get("versions", {})
+    config_path = meta.get("config_path") or "<config.yaml>"
     metrics = {name: json.loads((Path(folder) / "metrics.json").read_text()) for name, folder in evaluations.items()}
     lines = [
         f"# Model card: {ckpt.model_id}",
@@ -85,7 +86,10 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
         f"- CPU: bfloat16 autocast = {train_cfg.get('bf16', '?')}, "
         f"channels_last = {train_cfg.get('channels_last', '?')}; "
         f"{training.get('epochs_run', '?')} epochs run, best epoch {training.get('best_epoch', '?')}, "
-        f"{training.get('seconds', 0) / 60:.0f} min on {training.get('device', '?')}.",
+        f"{training.get('seconds', 0) / 60:.0f} min on {training.get('device', '?')} "
+        f"({training.get('threads', '?')} torch thread(s) when the run finished).",
+        f"- Reproduce: `medcam train --config {config_path} --out runs/pneumonia` (writes the split CSVs "
+        "`train.csv`, `val.csv`, `test.csv` used below).",
         "",
         "## Evaluation",
         "",

@@ -81,6 +81,16 @@ def _dataset(samples: Sequence[Sample], config: Config, train: bool) -> CacheDat
                         num_workers=config.train.num_workers, progress=False)
 
 
+def _relative(path: str | None) -> str:
+    """``path`` relative to the working folder when it lies below it (no home folders in metadata)."""
+    if not path:
+        return ""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 def _without_epochs(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "train": {k: v for k, v in config["train"].items() if k != "epochs"}}
 
@@ -212,6 +222,7 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
         temperature=temperature, threshold=threshold, trained=True, half=True,
         extra={
             "config": config.to_dict(),
+            "config_path": _relative(config.path),
             "data": {"source": config.data.source, "sha256": data_hash(samples),
                      "n_train": len(train_set), "n_val": len(val_set), "n_test": len(test_set),
                      "n_patients": len({s.patient_id for s in samples})},

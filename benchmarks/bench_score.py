@@ -1,0 +1,191 @@
+"""``medcam score`` end to end against the plain forward pass, and its memory as files grow.
+
+One run:
+
+1. makes ``--n-large`` DICOMs from ``sample_data/dicom/RG1_UNCR.dcm`` (CR chest, 15-bit,
+   MONOCHROME1), resized to ``--size`` px, each with new UIDs, in five transfer syntaxes in
+   turn (explicit VR little endian, RLE, JPEG-LS lossless, JPEG 2000 lossless, deflated), in
+   folders of ``--n`` files;
+2. (a) plain forward: the first ``--n`` files decoded and prepared into memory first, then only
+   ``network(x)`` of the checkpoint's network is timed, batch by batch;
+3. (b) ``medcam.scoring.score`` on the same ``--n`` files, in this process: discovery, decoding
+   workers, the single-pass CAM model, durable CSV appends, the per-study file;
+4. the ratio (b) / (a), target >= 0.9; (a) is timed before and after (b) and averaged, so that
+   a change in background load during the run shows (the two timings are printed);
+5. peak RSS of ``medcam score`` (a subprocess; the largest process of its tree, from
+   ``getrusage(RUSAGE_CHILDREN)`` in a fresh wrapper) on ``--n`` and on ``--n-large`` files,
+   target: within 10%.
+
+The model is the bundled one when ``medcam/weights/pneumonia_densenet121.pt`` exists, otherwise an
+untrained DenseNet121 placeholder with the bundled configuration (224 px; weights do not change
+the cost); the output says which.
+
+    python benchmarks/bench_score.py                          # 1,000 files; RSS 1,000 vs 5,000
+    python benchmarks/bench_score.py --n 200 --n-large 1000   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import torch
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+
+from medcam.config import ModelConfig, PreprocessConfig
+from medcam.io import load_image
+from medcam.models import Classifier, build_network, prepare, save_checkpoint
+from medcam.models.checkpoint import bundled_checkpoint_path
+from medcam.scoring import ScoreOptions, default_workers, score
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE = REPO / "sample_data" / "dicom" / "RG1_UNCR.dcm"
+SYNTAXES = {  # transfer syntax -> encoding plugin
+    ExplicitVRLittleEndian: None,
+    RLELossless: "pylibjpeg",
+    JPEGLSLossless: "pyjpegls",
+    JPEG2000Lossless: "pylibjpeg",
+    DeflatedExplicitVRLittleEndian: None,
+}
+_PEAK_RSS = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+             "stdout=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def make_dicoms(folder: Path, n: int, per_folder: int, size: int) -> None:
+    """``n`` files in folders of ``per_folder``, cycling through :data:`SYNTAXES`; 4 images a study."""
+    ds = pydicom.dcmread(SOURCE)
+    pixels = cv2.resize(ds.pixel_array, (size, size), interpolation=cv2.INTER_AREA)
+    ds.Rows, ds.Columns = size, size
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    templates = []
+    for syntax, plugin in SYNTAXES.items():
+        t = copy.deepcopy(ds)
+        if plugin is None:
+            t.file_meta.TransferSyntaxUID = syntax
+        else:
+            t.compress(syntax, pixels, encoding_plugin=plugin)
+        templates.append(t)
+    study = ""
+    for i in range(n):
+        t = templates[i % len(templates)]
+        if i % 4 == 0:
+            study = generate_uid()
+        t.SOPInstanceUID = t.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        t.StudyInstanceUID, t.SeriesInstanceUID = study, generate_uid()
+        path = folder / f"part{i // per_folder:03d}" / f"{i:06d}"  # no extension: found by content
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t.save_as(path, enforce_file_format=True)
+
+
+def model_path(work: Path) -> tuple[str, str]:
+    bundled = bundled_checkpoint_path()
+    if bundled.is_file():
+        return "bundled", f"bundled model ({bundled})"
+    torch.manual_seed(0)
+    path = work / "placeholder.pt"
+    save_checkpoint(path, build_network(ModelConfig()).eval(), ModelConfig(), PreprocessConfig(), trained=False)
+    return str(path), "UNTRAINED placeholder DenseNet121, 224 px (no bundled model yet)"
+
+
+def prepared(classifier: Classifier, files: list[Path]) -> tuple[torch.Tensor, float]:
+    """The model inputs of ``files``, and images/s of decode + prepare in this process."""
+    start = time.perf_counter()
+    x = torch.stack([prepare(load_image(f), classifier.checkpoint.preprocess)[0] for f in files])
+    return x, len(files) / (time.perf_counter() - start)
+
+
+def plain_forward(classifier: Classifier, x: torch.Tensor, batch_size: int) -> float:
+    """Images/s of ``network(x)`` alone, batch by batch, after one warm-up batch."""
+    network = classifier.checkpoint.network
+    with torch.inference_mode():
+        network(x[:batch_size])
+        start = time.perf_counter()
+        for i in range(0, len(x), batch_size):
+            network(x[i:i + batch_size])
+    return len(x) / (time.perf_counter() - start)
+
+
+def peak_rss_mb(folder: Path, out: Path, model: str, batch_size: int, workers: int) -> float:
+    command = [sys.executable, "-m", "medcam", "score", str(folder), "--out", str(out), "--model", model,
+               "--batch-size", str(batch_size), "--workers", str(workers)]
+    result = subprocess.run([sys.executable, "-c", _PEAK_RSS, *command], check=True, capture_output=True,
+                            text=True)
+    return int(result.stdout.split()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1000, help="files for throughput and the small RSS run")
+    parser.add_argument("--n-large", type=int, default=5000, help="files for the large RSS run (0: skip)")
+    parser.add_argument("--size", type=int, default=512, help="rows = columns of the DICOMs made")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--work", type=Path, help="folder for the files (kept; reused when it has them)")
+    args = parser.parse_args()
+    if args.n_large and args.n_large < args.n:
+        parser.error("--n-large must be at least --n")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        total = max(args.n, args.n_large)
+        data = work / f"dicom_{args.size}px_{total}_by_{args.n}"
+        if sum(1 for p in data.rglob("*") if p.is_file()) < total:
+            start = time.perf_counter()
+            make_dicoms(data, total, args.n, args.size)
+            print(f"made {total} DICOMs ({args.size}x{args.size}, 5 transfer syntaxes) in "
+                  f"{time.perf_counter() - start:.0f} s")
+        small = data / "part000"
+        files = sorted(small.iterdir())[:args.n]
+        model, what = model_path(work)
+        classifier = Classifier(model)
+        print(f"model: {what}; CPU, torch threads {torch.get_num_threads()}, {os.cpu_count()} cores, "
+              f"batch {args.batch_size}, workers {args.workers}")
+
+        x, decode = prepared(classifier, files)
+        print(f"decode + prepare in this process (not the workers): {decode:.1f} images/s", flush=True)
+        before = plain_forward(classifier, x, args.batch_size)
+        out = work / "results.csv"
+        out.unlink(missing_ok=True)
+        start = time.perf_counter()
+        summary = score([small], classifier, ScoreOptions(out=out, batch_size=args.batch_size,
+                                                          workers=args.workers, progress=False))
+        seconds = time.perf_counter() - start
+        assert summary.scored == len(files) and summary.errors == 0, summary
+        end_to_end = summary.scored / seconds
+        after = plain_forward(classifier, x, args.batch_size)
+        del x
+        forward = (before + after) / 2
+        print(f"(a) plain forward on {len(files)} images prepared in memory: {forward:.2f} images/s "
+              f"({before:.2f} before (b), {after:.2f} after)")
+        print(f"(b) medcam score end to end on {summary.scored} files: {end_to_end:.2f} images/s")
+        print(f"ratio (b)/(a): {end_to_end / forward:.2f}x (target >= 0.9x)", flush=True)
+
+        if args.n_large:
+            rss = {}
+            for n, folder in ((args.n, small), (args.n_large, data)):
+                result = work / f"rss_{n}.csv"
+                result.unlink(missing_ok=True)
+                rss[n] = peak_rss_mb(folder, result, model, args.batch_size, args.workers)
+                print(f"peak RSS, medcam score on {n} files: {rss[n]:.0f} MB", flush=True)
+            change = rss[args.n_large] / rss[args.n] - 1
+            print(f"peak RSS {args.n_large} vs {args.n} files: {change:+.1%} (target within 10%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Decoding ahead of the model: a torch ``Dataset`` of inputs and the ``DataLoader`` around it.
+
+Each :class:`~medcam.scoring.discover.Item` becomes a :class:`Record`: the model input made by
+:func:`medcam.models.predictor.prepare`, its grid transform and the DICOM UIDs, or the reason
+the file was refused. Nothing a file contains raises out of :func:`load_record`, so a bad
+file never stops the loader. The items themselves are the loader's "indices": they come
+from a streamed walk (the sampler), so no list of every input is ever built, and the
+loader's prefetching (``workers * prefetch`` batches) bounds what is held in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medcam.config import PreprocessConfig
+from medcam.errors import UnsupportedInputError
+from medcam.io import VOI, Image, detect_format, load_image, read_identity
+from medcam.models.grid import GridTransform
+from medcam.models.predictor import prepare
+from medcam.scoring.discover import Item
+
+__all__ = ["Batch", "Record", "ScoringDataset", "collate", "load_record", "make_loader"]
+
+
+@dataclass(frozen=True, eq=False)
+class Record:
+    """One decoded input, small and picklable.
+
+    Attributes:
+        error: why the file was refused; empty when it was read.
+        skipped: a file inside a folder that is not an image: it gets no row.
+        tensor: the model input ``(1, size, size)``; None once collated, or on error.
+        image: the loaded image, kept only when CAM files are written.
+    """
+
+    path: str
+    error: str = ""
+    skipped: bool = False
+    sop_instance_uid: str = ""
+    series_instance_uid: str = ""
+    study_instance_uid: str = ""
+    tensor: torch.Tensor | None = None
+    transform: GridTransform | None = None
+    image: Image | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and not self.skipped
+
+    @property
+    def uids(self) -> tuple[str, str, str]:
+        """SOP Instance, Series Instance and Study Instance UIDs (empty when unknown)."""
+        return self.sop_instance_uid, self.series_instance_uid, self.study_instance_uid
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """Collated records: ``inputs`` stacks the tensors of the records that are ``ok``, in order."""
+
+    records: list[Record]
+    inputs: torch.Tensor
+
+    def pin_memory(self) -> Batch:
+        return dataclasses.replace(self, inputs=self.inputs.pin_memory())
+
+
+def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
+                keep_image: bool = False) -> Record:
+    """Read and prepare one input; every refusal becomes a :class:`Record` with the reason."""
+    if item.error:
+        return Record(item.path, error=item.error)
+    if not item.named and detect_format(item.path) is None:
+        return Record(item.path, skipped=True)
+    try:
+        image = load_image(item.path, voi=voi)
+        tensor, transform = prepare(image, preprocess)
+    except UnsupportedInputError as err:
+        return _refused(item.path, err.reason)
+    except Exception as err:  # a decoder's own failure is this file's problem, reported in its row
+        return _refused(item.path, f"could not be read ({type(err).__name__}: {err})")
+    identity = image.identity
+    return Record(
+        path=item.path,
+        sop_instance_uid=identity.sop_instance_uid if identity else "",
+        series_instance_uid=identity.series_instance_uid if identity else "",
+        study_instance_uid=identity.study_instance_uid if identity else "",
+        tensor=tensor,
+        transform=transform,
+        image=image if keep_image else None,
+    )
+
+
+def _refused(path: str, reason: str) -> Record:
+    identity = read_identity(path) if detect_format(path) == "dicom" else None
+    if identity is None:
+        return Record(path, error=reason)
+    return Record(path, error=reason, sop_instance_uid=identity.sop_instance_uid,
+                  series_instance_uid=identity.series_instance_uid,
+                  study_instance_uid=identity.study_instance_uid)
+
+
+class ScoringDataset(Dataset[Record]):
+    """``dataset[item]`` is :func:`load_record` of an :class:`~medcam.scoring.discover.Item`."""
+
+    def __init__(self, preprocess: PreprocessConfig, *, voi: VOI = "auto", keep_image: bool = False) -> None:
+        self.preprocess = preprocess
+        self.voi = voi
+        self.keep_image = keep_image
+
+    def __getitem__(self, item: Item) -> Record:
+        return load_record(item, self.preprocess, voi=self.voi, keep_image=self.keep_image)
+
+
+def collate(records: Sequence[Record]) -> Batch:
+    """Stack the inputs of the readable records; the records travel on without their tensors."""
+    tensors = [r.tensor for r in records if r.ok and r.tensor is not None]
+    inputs = torch.stack(tensors) if tensors else torch.empty(0)
+    return Batch([dataclasses.replace(r, tensor=None) for r in records], inputs)
+
+
+def make_loader(items: Iterable[Item], dataset: ScoringDataset, *, batch_size: int, workers: int,
+                prefetch: int = 2, pin_memory: bool = False) -> DataLoader[Record]:
+    """A loader over the streamed ``items``: ``workers`` processes decode, each keeping
+    ``prefetch`` batches ready (``workers=0`` decodes in this process)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=items,
+        num_workers=workers,
+        collate_fn=collate,
+        prefetch_factor=prefetch if workers > 0 else None,
+        pin_memory=pin_memory,
+    )

@@ -1,0 +1,98 @@
+"""The local engine: decoding workers feed the single-pass CAM model on one machine.
+
+The inputs are streamed from a walk of the folders (see :mod:`medcam.scoring.discover`);
+worker processes read and prepare them ahead of the model (:mod:`medcam.scoring.dataset`);
+each batch goes through :meth:`Classifier.forward` once, and its rows are appended to the
+results file durably before the next batch (:mod:`medcam.scoring.results`). Memory holds
+a few batches and the set of paths already scored, however many files there are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from medcam.errors import ConfigError
+from medcam.io import Image
+from medcam.models.grid import GridTransform
+from medcam.models.predictor import Classifier
+from medcam.predict import write_cams
+from medcam.scoring.dataset import Batch, ScoringDataset, make_loader
+from medcam.scoring.discover import count_items, iter_items
+from medcam.scoring.options import ScoreOptions, ScoreSummary, cam_name, progress_bar
+from medcam.scoring.results import ModelInfo, ResultsFile, make_row, results_columns, write_studies
+
+__all__ = ["score"]
+
+
+def score(inputs: Iterable[str | Path], classifier: Classifier, options: ScoreOptions) -> ScoreSummary:
+    """Score every image in or under ``inputs`` into ``options.out``, resuming it if present.
+
+    Files named in ``inputs`` always get a row (an error row when refused); files found
+    inside folders get one when they are images. The per-study file is rebuilt at the end.
+
+    Raises:
+        ConfigError: ``options.cam_class`` is not a class of the model.
+        MedcamError: the results file belongs to another model or run (see
+            :meth:`~medcam.scoring.results.ResultsFile.open`).
+    """
+    info = ModelInfo.from_checkpoint(classifier.checkpoint)
+    cam_class = options.cam_class or info.positive_class
+    if cam_class not in info.classes:
+        raise ConfigError(f"CAM class {cam_class!r} is not one of the model's classes: {', '.join(info.classes)}")
+    if options.cams is not None:
+        options.cams.mkdir(parents=True, exist_ok=True)
+    inputs = list(inputs)
+    scored = errors = skipped = 0
+    start = time.perf_counter()
+    with ResultsFile.open(options.out, results_columns(info.classes, cams=options.cams is not None),
+                          info.model_id) as results:
+        resumed = len(results.done)
+        total = count_items(inputs, skip=results.done, outputs=options.outputs)
+        items = iter_items(inputs, skip=results.done, outputs=options.outputs)
+        dataset = ScoringDataset(classifier.checkpoint.preprocess, voi=options.voi,
+                                 keep_image=options.cams is not None)
+        loader = make_loader(items, dataset, batch_size=options.batch_size, workers=options.workers,
+                             prefetch=options.prefetch, pin_memory=classifier.device.type == "cuda")
+        with progress_bar(total, options.progress) as bar:
+            for batch in loader:
+                rows = _score_batch(batch, classifier, info, options, cam_class)
+                results.append(rows)
+                scored += len(rows)
+                errors += sum(row[1] == "error" for row in rows)
+                skipped += len(batch.records) - len(rows)
+                bar.update(len(batch.records))
+    seconds = time.perf_counter() - start
+    studies = write_studies(options.out, info.positive_class)
+    return ScoreSummary(Path(options.out), studies, scored, errors, resumed, skipped, seconds)
+
+
+def _score_batch(batch: Batch, classifier: Classifier, info: ModelInfo, options: ScoreOptions,
+                 cam_class: str) -> list[list[str]]:
+    ok = [r for r in batch.records if r.ok]
+    probabilities: list[list[float]] = []
+    files: list[dict[str, str]] = []
+    if ok:
+        output = classifier.forward(batch.inputs)
+        probabilities = classifier.probabilities(output.logits).float().cpu().tolist()
+        if options.cams is not None:
+            images: Sequence[Image] = [r.image for r in ok if r.image is not None]
+            transforms: Sequence[GridTransform] = [r.transform for r in ok if r.transform is not None]
+            predictions = classifier.predictions(images, transforms, output)
+            files = [write_cams(p, options.cams, cam_name(r.path), cam_class=cam_class,
+                                colour_map=options.colour_map, opacity=options.opacity, nifti=False)
+                     for p, r in zip(predictions, ok, strict=True)]
+    cams = options.cams is not None
+    scores = iter(probabilities)
+    written = iter(files)
+    rows = []
+    for record in batch.records:
+        if record.skipped:
+            continue
+        if record.ok:
+            rows.append(make_row(info, record.path, "", record.uids, next(scores),
+                                 next(written) if cams else None))
+        else:
+            rows.append(make_row(info, record.path, record.error, record.uids, None, {} if cams else None))
+    return rows

@@ -1,0 +1,108 @@
+"""What a scoring run is asked to do, what it reports, and the pieces both engines share."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib import colormaps
+from tqdm import tqdm
+
+from medcam.errors import ConfigError
+from medcam.export import COLOUR_MAPS
+from medcam.io import VOI
+from medcam.scoring.results import studies_path
+
+__all__ = ["ScoreOptions", "ScoreSummary", "cam_name", "default_workers", "progress_bar"]
+
+
+def default_workers() -> int:
+    """Decoding workers by default: half the CPU cores (the model uses the rest), 1 to 8."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """A scoring run (see ``medcam score --help``).
+
+    Attributes:
+        out: the results CSV (created, or resumed when it exists).
+        cams: folder for each image's CAM overlay and raw map; None writes none.
+        batch_size: images per forward pass.
+        workers: decoding processes (0 decodes in the main process).
+        prefetch: batches each worker keeps ready.
+        cam_class: class whose map is overlaid (default: the model's positive class).
+        progress: show a progress bar (on a terminal).
+    """
+
+    out: Path
+    cams: Path | None = None
+    batch_size: int = 16
+    workers: int = field(default_factory=default_workers)
+    prefetch: int = 2
+    voi: VOI = "auto"
+    cam_class: str | None = None
+    colour_map: str = "jet"
+    opacity: float = 0.5
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size!r}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be 0 or more, got {self.workers!r}")
+        if self.prefetch < 1:
+            raise ConfigError(f"prefetch must be at least 1, got {self.prefetch!r}")
+        if self.colour_map not in colormaps:
+            raise ConfigError(f"unknown colour map {self.colour_map!r}; try one of {', '.join(COLOUR_MAPS)}")
+        if not 0.0 <= self.opacity <= 1.0:
+            raise ConfigError(f"opacity must be in [0, 1], got {self.opacity!r}")
+
+    @property
+    def outputs(self) -> list[Path]:
+        """What this run writes, never to be scored itself."""
+        written = [self.out, studies_path(self.out)]
+        return [*written, self.cams] if self.cams is not None else written
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """The outcome of a run.
+
+    Attributes:
+        scored: rows this run wrote (``errors`` of them error rows).
+        resumed: rows that were already in the results file and were skipped.
+        skipped: files inside folders that are not images (no row).
+        seconds: wall time of the scoring loop.
+    """
+
+    results: Path
+    studies: Path
+    scored: int
+    errors: int
+    resumed: int
+    skipped: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.scored / self.seconds if self.seconds > 0 else 0.0
+
+
+def cam_name(path: str) -> str:
+    """The base name of an input's CAM files: its file name and a hash of its absolute path,
+    so that two inputs with the same name never collide and a resumed run rewrites the same
+    files. :func:`~medcam.export.safe_path` makes it safe."""
+    name = Path(path).name.removesuffix(".gz")
+    stem = name.rsplit(".", 1)[0] if "." in name.strip(".") else name
+    digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:10]
+    return f"{stem[:80]}-{digest}"
+
+
+def progress_bar(total: int, enabled: bool) -> tqdm:
+    """Images scored, images/s and time left, on standard error when it is a terminal."""
+    return tqdm(total=total, unit="img", dynamic_ncols=True, smoothing=0.1,
+                disable=None if enabled else True, desc="scoring")
+

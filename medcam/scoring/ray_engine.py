@@ -1,0 +1,195 @@
+"""The Ray engine: the same scoring as :mod:`medcam.scoring.local`, on a Ray cluster.
+
+A Ray Data pipeline per chunk of inputs::
+
+    paths (driver, streamed from the walk; already-scored ones left out)
+      -> map_batches(decode)        CPU tasks: load_image + prepare, refusals become error rows
+      -> map_batches(model actor)   one actor per GPU (num_gpus=1 with device "cuda"), or CPU actors
+      -> rows, appended on the driver to the same durable results file
+
+so a crash or Ctrl-C is resumed exactly as with the local engine. The checkpoint travels to
+the actors through the object store; the input files must be readable from every node
+(shared storage). Ray is optional: ``pip install "medcam-screening[distributed]"``.
+
+Which cluster: ``address=None`` connects to the cluster named by the ``RAY_ADDRESS``
+environment variable when it is set, and otherwise starts a local instance; pass
+``address="auto"`` (``medcam score --ray-address auto``) to join the cluster this machine is
+part of, or ``"ray://head:10001"`` for a remote one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from medcam.config import PreprocessConfig
+from medcam.errors import ConfigError, MedcamError
+from medcam.io import VOI
+from medcam.models.checkpoint import Checkpoint, load_checkpoint
+from medcam.models.predictor import Classifier
+from medcam.scoring.dataset import load_record
+from medcam.scoring.discover import Item, count_items, iter_items
+from medcam.scoring.options import ScoreOptions, ScoreSummary, progress_bar
+from medcam.scoring.results import ModelInfo, ResultsFile, make_row, results_columns, write_studies
+
+__all__ = ["INSTALL_HINT", "import_ray", "score_ray"]
+
+INSTALL_HINT = 'the Ray engine needs Ray Data; install it with: pip install "medcam-screening[distributed]"'
+_DECODE_CPUS = 1.0
+_TEXT = ("path", "error", "sop_instance_uid", "series_instance_uid", "study_instance_uid")
+
+
+def import_ray() -> ModuleType:
+    """``ray``, with Ray Data loaded.
+
+    Raises:
+        MedcamError: Ray is not installed (the message says how to install it).
+    """
+    try:
+        import ray
+        import ray.data
+    except ImportError as err:
+        raise MedcamError(INSTALL_HINT) from err
+    return ray
+
+
+def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: ScoreOptions, *,
+              device: str = "cpu", address: str | None = None, num_cpus: int | None = None,
+              actors: int = 1, actor_cpus: float | None = None, chunk_size: int = 100_000) -> ScoreSummary:
+    """Score like :func:`medcam.scoring.score`, with the decoding and the model on Ray.
+
+    Args:
+        checkpoint: the model; its file is sent to the actors.
+        device: ``cpu``, or ``cuda`` for one GPU per model actor.
+        address: the Ray cluster (see the module documentation); a Ray already initialised
+            in this process is used as it is, and left running.
+        num_cpus: CPUs of a local instance started here (default: all).
+        actors: model actors (GPUs used, with ``cuda``).
+        actor_cpus: CPUs reserved by each model actor (its torch threads); default 1 with
+            ``cuda``, 2 on CPU. Decoding tasks take 1 CPU each, so a local instance needs
+            ``num_cpus > actors * actor_cpus``. On CPU, 1 would let Ray fuse the decoding
+            into the actors, which then decode serially; it is refused.
+        chunk_size: inputs per Ray dataset; the driver holds one chunk of paths at a time.
+
+    Raises:
+        ConfigError: ``options.cams`` is set (CAM files are written by the local engine).
+        MedcamError: Ray is not installed, or the results file belongs to another run.
+    """
+    if options.cams is not None:
+        raise ConfigError("--cams is written by the local engine only; score with --engine local "
+                          "to get CAM files, or leave --cams out")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"the Ray engine runs on device 'cpu' or 'cuda', got {device!r}")
+    if actors < 1 or chunk_size < 1:
+        raise ConfigError(f"actors and chunk_size must be at least 1, got {actors!r} and {chunk_size!r}")
+    actor_cpus = actor_cpus if actor_cpus is not None else 1.0 if device == "cuda" else 2.0
+    if device == "cpu" and actor_cpus == _DECODE_CPUS:
+        raise ConfigError(f"actor_cpus must differ from {_DECODE_CPUS} on CPU (Ray would decode inside the "
+                          "model actors, one image at a time); use 2 or more")
+    ray = import_ray()
+    info = ModelInfo.from_checkpoint(checkpoint)
+    inputs = list(inputs)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 logging_level=logging.WARNING)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    scored = errors = skipped = 0
+    start = time.perf_counter()
+    try:
+        blob = [ray.put(Path(checkpoint.path).read_bytes())]  # in a list: the actor fetches it itself
+        with ResultsFile.open(options.out, results_columns(info.classes), info.model_id) as results:
+            resumed = len(results.done)
+            total = count_items(inputs, skip=results.done, outputs=options.outputs)
+            items = iter_items(inputs, skip=results.done, outputs=options.outputs)
+            with progress_bar(total, options.progress) as bar:
+                for chunk in _chunks(items, chunk_size):
+                    rows_in_chunk = 0
+                    for batch in _pipeline(ray, chunk, checkpoint.preprocess, options, blob, device, actors,
+                                           actor_cpus):
+                        rows = _rows(batch, info)
+                        results.append(rows)
+                        rows_in_chunk += len(rows)
+                        errors += sum(row[1] == "error" for row in rows)
+                        bar.update(len(rows))
+                    scored += rows_in_chunk
+                    skipped += len(chunk) - rows_in_chunk
+                    bar.update(len(chunk) - rows_in_chunk)
+    finally:
+        if started:
+            ray.shutdown()
+    seconds = time.perf_counter() - start
+    studies = write_studies(options.out, info.positive_class)
+    return ScoreSummary(Path(options.out), studies, scored, errors, resumed, skipped, seconds)
+
+
+def _pipeline(ray: ModuleType, chunk: list[Item], preprocess: PreprocessConfig, options: ScoreOptions,
+              blob: list[Any], device: str, actors: int, actor_cpus: float) -> Iterator[dict[str, np.ndarray]]:
+    data = ray.data.from_items([dataclasses.asdict(item) for item in chunk])
+    data = data.map_batches(_decode, fn_kwargs={"preprocess": dataclasses.asdict(preprocess), "voi": options.voi},
+                            batch_size=options.batch_size, batch_format="numpy", num_cpus=_DECODE_CPUS)
+    data = data.map_batches(_Scorer, fn_constructor_kwargs={"checkpoint": blob, "device": device},
+                            batch_size=options.batch_size, batch_format="numpy", concurrency=actors,
+                            num_cpus=actor_cpus, num_gpus=1 if device == "cuda" else 0)
+    batches: Iterator[dict[str, np.ndarray]] = data.iter_batches(batch_size=None, batch_format="numpy")
+    return batches
+
+
+def _decode(batch: dict[str, np.ndarray], preprocess: dict[str, Any], voi: VOI) -> dict[str, np.ndarray]:
+    """Ray task: read and prepare a batch of inputs; non-images found in folders are dropped."""
+    config = PreprocessConfig(**preprocess)
+    records = [load_record(Item(str(path), bool(named), str(error)), config, voi=voi)
+               for path, named, error in zip(batch["path"], batch["named"], batch["error"], strict=True)]
+    records = [r for r in records if not r.skipped]
+    x = np.zeros((len(records), 1, config.size, config.size), dtype=np.float32)
+    for i, record in enumerate(records):
+        if record.tensor is not None:
+            x[i] = record.tensor.numpy()
+    columns = {name: np.array([getattr(r, name) for r in records], dtype=object) for name in _TEXT}
+    return {**columns, "x": x}
+
+
+class _Scorer:
+    """Ray actor: holds the model; logits become calibrated probabilities (NaN on error rows)."""
+
+    def __init__(self, checkpoint: list[Any], device: str) -> None:
+        import ray
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.pt"
+            path.write_bytes(ray.get(checkpoint[0]))
+            self.classifier = Classifier(load_checkpoint(path), device=device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = np.array([not error for error in batch["error"]], dtype=bool)
+        probabilities = np.full((len(ok), len(self.classifier.classes)), np.nan, dtype=np.float64)
+        if ok.any():
+            output = self.classifier.forward(torch.from_numpy(np.ascontiguousarray(batch["x"][ok])))
+            probabilities[ok] = self.classifier.probabilities(output.logits).float().cpu().numpy()
+        return {**{name: batch[name] for name in _TEXT}, "probabilities": probabilities}
+
+
+def _rows(batch: dict[str, np.ndarray], info: ModelInfo) -> list[list[str]]:
+    rows = []
+    for i, (path, error) in enumerate(zip(batch["path"], batch["error"], strict=True)):
+        uids = [str(batch[name][i]) for name in _TEXT[2:]]
+        probabilities = None if error else batch["probabilities"][i].tolist()
+        rows.append(make_row(info, str(path), str(error), uids, probabilities))
+    return rows
+
+
+def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
