@@ -59,6 +59,8 @@ def _score(args: argparse.Namespace) -> int:
     voi = tuple(args.window) if args.window else args.voi
     workers = default_workers() if args.workers is None else args.workers
     options = ScoreOptions(out=Path(args.out), cams=Path(args.cams) if args.cams else None,
+                           regions=Path(args.regions) if args.regions else None,
+                           region_formats=tuple(args.formats.split(",")),
                            batch_size=args.batch_size, workers=workers, voi=voi)
     if args.engine == "ray":
         ckpt = load_checkpoint(args.model)
@@ -184,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
     p.add_argument("--out", required=True, metavar="RESULTS.csv", help="results CSV (resumed if it exists)")
     p.add_argument("--cams", metavar="DIR", help="also write each image's CAM overlay and raw map here")
+    p.add_argument("--regions", metavar="DIR",
+                   help="also export the pneumonia regions of every flagged image here (as medcam export does)")
+    p.add_argument("--formats", default="seg,sc,nifti,png,json",
+                   help="formats of --regions (default: seg,sc,nifti,png,json)")
     p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     p.add_argument("--workers", type=int,

@@ -37,6 +37,7 @@ from medcam.scoring import (
     score_ray,
     studies_path,
 )
+from medcam.scoring.options import cam_name
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DICOM = REPO / "sample_data" / "dicom"
@@ -304,6 +305,37 @@ def test_cams_have_safe_names_that_never_collide(classifier: Classifier, tmp_pat
     assert PILImage.open(rows[str(one)]["overlay"]).size == (image.shape[1], image.shape[0])
     again = score([tmp_path], classifier, options(out, cams=cams))  # its own outputs are not inputs
     assert (again.scored, again.skipped, len(rows_of(out))) == (0, 0, 2)
+
+
+def test_regions_are_exported_for_flagged_images_only(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = build_network(ModelConfig()).eval()
+    ckpt_path = tmp_path / "t.pt"
+    save_checkpoint(ckpt_path, net, ModelConfig(), PreprocessConfig(size=64), trained=False)
+    probe = Classifier(str(ckpt_path))
+    folder = tmp_path / "in"
+    ct, mr = folder / "ct", folder / "mr"
+    write_dicom(pydicom_file("CT_small.dcm"), ct)
+    write_dicom(pydicom_file("MR_small.dcm"), mr)
+    p_ct, p_mr = (probe.classify([load_image(p)])[0].positive_probability for p in (ct, mr))
+    assert p_ct != p_mr
+    # an operating point between the two images: exactly one of them is flagged
+    save_checkpoint(ckpt_path, net, ModelConfig(), PreprocessConfig(size=64), trained=False,
+                    threshold=(p_ct + p_mr) / 2)
+    flagged, unflagged = (ct, mr) if p_ct > p_mr else (mr, ct)
+    regions = tmp_path / "regions"
+    out = tmp_path / "r.csv"
+    score([folder], Classifier(str(ckpt_path)), options(out, regions=regions, region_formats=("seg", "json")))
+    rows = by_name(out)
+    assert rows[flagged.name]["flagged"] == "true" and rows[unflagged.name]["flagged"] == "false"
+    written = sorted(p.name for p in regions.iterdir())
+    assert written and all(name.startswith(cam_name(str(flagged))) for name in written)
+    segs = [p for p in regions.iterdir() if p.name.endswith(".dcm")]
+    assert len(segs) == 1
+    seg = pydicom.dcmread(segs[0])
+    assert seg.Modality == "SEG"
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == \
+        pydicom.dcmread(flagged).SOPInstanceUID
 
 
 # --- durability and resume ----------------------------------------------------------------------

@@ -14,10 +14,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from medcam.errors import ConfigError
+from medcam.export import export_regions
 from medcam.io import Image
 from medcam.models.grid import GridTransform
 from medcam.models.predictor import Classifier
 from medcam.predict import write_cams
+from medcam.regions import find_regions
 from medcam.scoring.dataset import Batch, ScoringDataset, make_loader
 from medcam.scoring.discover import count_items, iter_items
 from medcam.scoring.options import ScoreOptions, ScoreSummary, cam_name, progress_bar
@@ -41,8 +43,9 @@ def score(inputs: Iterable[str | Path], classifier: Classifier, options: ScoreOp
     cam_class = options.cam_class or info.positive_class
     if cam_class not in info.classes:
         raise ConfigError(f"CAM class {cam_class!r} is not one of the model's classes: {', '.join(info.classes)}")
-    if options.cams is not None:
-        options.cams.mkdir(parents=True, exist_ok=True)
+    for folder in (options.cams, options.regions):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
     inputs = list(inputs)
     scored = errors = skipped = 0
     start = time.perf_counter()
@@ -52,7 +55,7 @@ def score(inputs: Iterable[str | Path], classifier: Classifier, options: ScoreOp
         total = count_items(inputs, skip=results.done, outputs=options.outputs)
         items = iter_items(inputs, skip=results.done, outputs=options.outputs)
         dataset = ScoringDataset(classifier.checkpoint.preprocess, voi=options.voi,
-                                 keep_image=options.cams is not None)
+                                 keep_image=options.needs_maps)
         loader = make_loader(items, dataset, batch_size=options.batch_size, workers=options.workers,
                              prefetch=options.prefetch, pin_memory=classifier.device.type == "cuda")
         with progress_bar(total, options.progress) as bar:
@@ -76,13 +79,19 @@ def _score_batch(batch: Batch, classifier: Classifier, info: ModelInfo, options:
     if ok:
         output = classifier.forward(batch.inputs)
         probabilities = classifier.probabilities(output.logits).float().cpu().tolist()
-        if options.cams is not None:
+        if options.needs_maps:
             images: Sequence[Image] = [r.image for r in ok if r.image is not None]
             transforms: Sequence[GridTransform] = [r.transform for r in ok if r.transform is not None]
             predictions = classifier.predictions(images, transforms, output)
-            files = [write_cams(p, options.cams, cam_name(r.path), cam_class=cam_class,
-                                colour_map=options.colour_map, opacity=options.opacity, nifti=False)
-                     for p, r in zip(predictions, ok, strict=True)]
+            if options.cams is not None:
+                files = [write_cams(p, options.cams, cam_name(r.path), cam_class=cam_class,
+                                    colour_map=options.colour_map, opacity=options.opacity, nifti=False)
+                         for p, r in zip(predictions, ok, strict=True)]
+            if options.regions is not None:
+                for p, r in zip(predictions, ok, strict=True):
+                    if p.flagged:  # re-running after a crash rewrites the same files
+                        regions = find_regions(p, info.positive_class, options.region_options)
+                        export_regions(p, regions, options.regions, options.region_formats, name=cam_name(r.path))
     cams = options.cams is not None
     scores = iter(probabilities)
     written = iter(files)

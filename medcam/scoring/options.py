@@ -11,8 +11,9 @@ from matplotlib import colormaps
 from tqdm import tqdm
 
 from medcam.errors import ConfigError
-from medcam.export import COLOUR_MAPS
+from medcam.export import COLOUR_MAPS, FORMATS, parse_formats
 from medcam.io import VOI
+from medcam.regions import RegionOptions
 from medcam.scoring.results import studies_path
 
 __all__ = ["ScoreOptions", "ScoreSummary", "cam_name", "default_workers", "progress_bar"]
@@ -34,11 +35,18 @@ class ScoreOptions:
         workers: decoding processes (0 decodes in the main process).
         prefetch: batches each worker keeps ready.
         cam_class: class whose map is overlaid (default: the model's positive class).
+        regions: folder for the region exports (:func:`medcam.export.export_regions`) of every
+            flagged image, from the positive class's map; None writes none.
+        region_options: the threshold rule, smoothing and minimum area of those regions.
+        region_formats: the export formats, a subset of :data:`medcam.export.FORMATS`.
         progress: show a progress bar (on a terminal).
     """
 
     out: Path
     cams: Path | None = None
+    regions: Path | None = None
+    region_options: RegionOptions = field(default_factory=RegionOptions)
+    region_formats: tuple[str, ...] = FORMATS
     batch_size: int = 16
     workers: int = field(default_factory=default_workers)
     prefetch: int = 2
@@ -57,6 +65,7 @@ class ScoreOptions:
             raise ConfigError(f"prefetch must be at least 1, got {self.prefetch!r}")
         if self.colour_map not in colormaps:
             raise ConfigError(f"unknown colour map {self.colour_map!r}; try one of {', '.join(COLOUR_MAPS)}")
+        object.__setattr__(self, "region_formats", parse_formats(self.region_formats))
         if not 0.0 <= self.opacity <= 1.0:
             raise ConfigError(f"opacity must be in [0, 1], got {self.opacity!r}")
 
@@ -64,7 +73,12 @@ class ScoreOptions:
     def outputs(self) -> list[Path]:
         """What this run writes, never to be scored itself."""
         written = [self.out, studies_path(self.out)]
-        return [*written, self.cams] if self.cams is not None else written
+        return [*written, *(p for p in (self.cams, self.regions) if p is not None)]
+
+    @property
+    def needs_maps(self) -> bool:
+        """Whether the maps must be brought back onto the source images."""
+        return self.cams is not None or self.regions is not None
 
 
 @dataclass(frozen=True)

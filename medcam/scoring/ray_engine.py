@@ -82,12 +82,13 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
         chunk_size: inputs per Ray dataset; the driver holds one chunk of paths at a time.
 
     Raises:
-        ConfigError: ``options.cams`` is set (CAM files are written by the local engine).
+        ConfigError: ``options.cams`` or ``options.regions`` is set (those files are written by
+            the local engine).
         MedcamError: Ray is not installed, or the results file belongs to another run.
     """
-    if options.cams is not None:
-        raise ConfigError("--cams is written by the local engine only; score with --engine local "
-                          "to get CAM files, or leave --cams out")
+    if options.needs_maps:
+        raise ConfigError("--cams and --regions are written by the local engine only; score with "
+                          "--engine local to get those files, or leave them out")
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"the Ray engine runs on device 'cpu' or 'cuda', got {device!r}")
     if actors < 1 or chunk_size < 1:
