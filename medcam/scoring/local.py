@@ -9,8 +9,11 @@ a few batches and the set of paths already scored, however many files there are.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from medcam.errors import ConfigError
@@ -58,10 +61,12 @@ def score(inputs: Iterable[str | Path], classifier: Classifier, options: ScoreOp
                                  keep_image=options.needs_maps)
         loader = make_loader(items, dataset, batch_size=options.batch_size, workers=options.workers,
                              prefetch=options.prefetch, pin_memory=classifier.device.type == "cuda")
-        with progress_bar(total, options.progress) as bar:
+        with progress_bar(total, options.progress) as bar, _stop_on_interrupt() as stop:
             for batch in loader:
                 rows = _score_batch(batch, classifier, info, options, cam_class)
                 results.append(rows)
+                if stop.is_set():
+                    raise KeyboardInterrupt
                 scored += len(rows)
                 errors += sum(row[1] == "error" for row in rows)
                 skipped += len(batch.records) - len(rows)
@@ -69,6 +74,31 @@ def score(inputs: Iterable[str | Path], classifier: Classifier, options: ScoreOp
     seconds = time.perf_counter() - start
     studies = write_studies(options.out, info.positive_class)
     return ScoreSummary(Path(options.out), studies, scored, errors, resumed, skipped, seconds)
+
+
+@contextmanager
+def _stop_on_interrupt() -> Iterator[threading.Event]:
+    """Turn the first Ctrl-C (SIGINT) into a flag that the loop checks after each batch.
+
+    Python raises KeyboardInterrupt wherever the main thread happens to be, and when that is a
+    finaliser (the data loader's worker shutdown, say) the exception is printed and swallowed,
+    so the run would carry on. With the flag, the batch in hand is written and the run stops;
+    a second Ctrl-C interrupts at once. Outside the main thread nothing is installed.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _score_batch(batch: Batch, classifier: Classifier, info: ModelInfo, options: ScoreOptions,
