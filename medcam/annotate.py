@@ -18,10 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import medcam
-from medcam.errors import ConfigError, MedcamError
+from medcam.errors import ConfigError
 from medcam.export.regions import FORMATS, default_name, export_regions, parse_formats
-from medcam.io import VOI, Image, load_image
-from medcam.io.discover import iter_images
+from medcam.io import VOI
+from medcam.io.discover import iter_image_batches
 from medcam.models.predictor import Classifier, Prediction
 from medcam.regions import RegionOptions, find_regions, resolve_class
 
@@ -78,22 +78,10 @@ def export_images(paths: Iterable[str | Path], classifier: Classifier, options: 
     out.mkdir(parents=True, exist_ok=True)
     records: list[ExportRecord] = []
     taken: set[str] = set()
-    pending: list[Image] = []
-
-    def flush() -> None:
-        for prediction in classifier.classify(pending, batch_size=options.batch_size):
+    for images in iter_image_batches(paths, options.batch_size, voi=options.voi,
+                                     on_error=lambda p, why: records.append(ExportRecord(str(p), "error", why))):
+        for prediction in classifier.classify(images, batch_size=options.batch_size):
             records.append(_export_one(prediction, cam_class, options, taken))
-        pending.clear()
-
-    for path in iter_images(paths, on_error=lambda p, why: records.append(ExportRecord(str(p), "error", why))):
-        try:
-            pending.append(load_image(path, voi=options.voi))
-        except MedcamError as err:
-            records.append(ExportRecord(str(path), "error", str(err)))
-        if len(pending) == options.batch_size:
-            flush()
-    if pending:
-        flush()
     _write_table(out / "exports.csv", records)
     _write_manifest(out / "manifest.json", classifier, options, cam_class)
     return records

@@ -26,8 +26,8 @@ from PIL import Image as PILImage
 import medcam
 from medcam.errors import ConfigError, MedcamError
 from medcam.export import COLOUR_MAPS, overlay, safe_path, write_nifti
-from medcam.io import VOI, Image, load_image
-from medcam.io.discover import iter_images
+from medcam.io import VOI
+from medcam.io.discover import iter_image_batches
 from medcam.models.grid import Normalisation, normalise_maps
 from medcam.models.predictor import Classifier, Prediction
 
@@ -77,43 +77,24 @@ def predict(paths: Iterable[str | Path], classifier: Classifier, options: Predic
     if cam_class not in classifier.classes:
         raise MedcamError(f"--class {cam_class!r} is not one of the model's classes: {', '.join(classifier.classes)}")
     records: list[PredictRecord] = []
-    files = list(iter_images(paths, on_error=lambda p, why: records.append(PredictRecord(str(p), "error", why))))
-    names = _unique_names(files)
-    pending: list[tuple[Image, str]] = []
-
-    def flush() -> None:
-        predictions = classifier.classify([image for image, _ in pending], batch_size=options.batch_size)
-        for prediction, (_, name) in zip(predictions, pending, strict=True):
-            records.append(_write(prediction, name, cam_class, options))
-        pending.clear()
-
-    for path in files:  # streamed: at most one batch of images is held in memory
-        try:
-            pending.append((load_image(path, voi=options.voi), names[path]))
-        except MedcamError as err:
-            records.append(PredictRecord(str(path), "error", str(err)))
-        if len(pending) == options.batch_size:
-            flush()
-    if pending:
-        flush()
+    taken: set[str] = set()
+    for images in iter_image_batches(paths, options.batch_size, voi=options.voi,
+                                     on_error=lambda p, why: records.append(PredictRecord(str(p), "error", why))):
+        for prediction in classifier.classify(images, batch_size=options.batch_size):
+            records.append(_write(prediction, _unique_name(Path(prediction.image.path), taken), cam_class, options))
     _write_table(out / "predictions.csv", records, classifier)
     _write_manifest(out / "manifest.json", classifier, options, cam_class)
     return records
 
 
-def _unique_names(files: Sequence[Path]) -> dict[Path, str]:
-    names: dict[Path, str] = {}
-    taken: set[str] = set()
-    for path in files:
-        stem = path.name.removesuffix(".gz")
-        stem = stem.rsplit(".", 1)[0] if "." in stem.strip(".") else stem
-        name = stem
-        if name in taken:
-            digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
-            name = f"{stem}-{digest}"
-        taken.add(name)
-        names[path] = name
-    return names
+def _unique_name(path: Path, taken: set[str]) -> str:
+    """The file stem, or with a hash of the full path when another input already took it."""
+    stem = path.name.removesuffix(".gz")
+    name = stem.rsplit(".", 1)[0] if "." in stem.strip(".") else stem
+    if name in taken:
+        name = f"{name}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+    taken.add(name)
+    return name
 
 
 def write_cams(prediction: Prediction, folder: Path, name: str, *, cam_class: str,

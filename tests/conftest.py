@@ -60,6 +60,19 @@ import torch  # noqa: E402
 from monai.networks import nets  # noqa: E402
 from torch import nn  # noqa: E402
 
+from medcam.config import ModelConfig, PreprocessConfig  # noqa: E402
+from medcam.models import build_network, save_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained, seeded DenseNet121 checkpoint on a 64 px grid: real code paths, fast on CPU."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, build_network(ModelConfig()).eval(), ModelConfig(), PreprocessConfig(size=64),
+                    trained=False)
+    return path
+
 
 def _seeded(seed: int = 0) -> torch.Generator:
     torch.manual_seed(seed)

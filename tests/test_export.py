@@ -27,14 +27,11 @@ from pydicom.data import get_testdata_file
 
 import medcam
 from medcam.cli import main
-from medcam.config import ModelConfig, PreprocessConfig
 from medcam.errors import ConfigError
 from medcam.export import FORMATS, export_regions, parse_formats
 from medcam.export.contours import REGION_COLOUR, region_polygons
 from medcam.export.table import COLUMNS
 from medcam.io import Image, load_image
-from medcam.models.checkpoint import save_checkpoint
-from medcam.models.networks import build_network
 from medcam.models.predictor import Prediction
 from medcam.regions import RegionSet, find_regions
 
@@ -341,14 +338,6 @@ def test_hostile_tag_values_write_nothing_outside_the_output_folder(
 
 # --- Command line -------------------------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, build_network(ModelConfig()).eval(), ModelConfig(), PreprocessConfig(size=64),
-                    trained=False)
-    return path
 
 
 def test_cli_export(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -46,15 +46,6 @@ SAMPLE_DICOM = REPO / "sample_data" / "dicom"
 # --- fixtures and helpers --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained, seeded DenseNet121 on a 64 px grid (fast on CPU)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, build_network(ModelConfig()).eval(), ModelConfig(), PreprocessConfig(size=64),
-                    trained=False)
-    return path
-
 
 @pytest.fixture(scope="module")
 def classifier(tiny_checkpoint: Path) -> Classifier:

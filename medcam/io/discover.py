@@ -10,8 +10,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["iter_files", "iter_images"]
+from medcam.errors import MedcamError
+
+if TYPE_CHECKING:
+    from medcam.io.dicom import VOI
+    from medcam.io.image import Image
+
+__all__ = ["iter_files", "iter_image_batches", "iter_images"]
 
 
 def iter_files(paths: Iterable[str | Path], *,
@@ -75,3 +82,25 @@ def _walk(folder: Path, seen: set[tuple[int, int]],
         except OSError as err:
             if on_error is not None:
                 on_error(Path(entry.path), f"cannot read ({err.strerror})")
+
+
+def iter_image_batches(paths: Iterable[str | Path], batch_size: int, *,
+                       on_error: Callable[[Path, str], None], voi: VOI = "auto") -> Iterator[list[Image]]:
+    """Load the images of :func:`iter_images` ``batch_size`` at a time, in discovery order.
+
+    A path that is missing, unreadable or refused by its reader goes to ``on_error`` with the
+    reason, and loading goes on. At most one batch of decoded images is held at a time.
+    """
+    from medcam.io import load_image
+
+    batch: list[Image] = []
+    for path in iter_images(paths, on_error=on_error):
+        try:
+            batch.append(load_image(path, voi=voi))
+        except MedcamError as err:
+            on_error(path, str(err))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

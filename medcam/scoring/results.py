@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from types import TracebackType
 from typing import IO
 
 from medcam.errors import MedcamError
+from medcam.files import atomic_open
 from medcam.models.checkpoint import Checkpoint
 
 try:
@@ -201,22 +201,14 @@ def write_studies(results: str | Path, positive_class: str, out: str | Path | No
         entry[3] = p if entry[3] is None else max(entry[3], p)
         entry[4] = entry[4] or row.get("flagged") == "true"
     ordered = sorted(studies.items(), key=lambda kv: (-(kv[1][3] if kv[1][3] is not None else -1.0), kv[0]))
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8", errors=_ERRORS) as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["study_instance_uid", "n_images", "n_ok", "n_error", f"max_{column}",
-                             "flagged", "model"])
-            for uid, (n, n_ok, n_error, best, flagged, models) in ordered:
-                writer.writerow([uid, n, n_ok, n_error, "" if best is None else f"{best:.6f}",
-                                 "true" if flagged else "false" if best is not None else "",
-                                 ";".join(sorted(models))])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(out, "w", newline="", encoding="utf-8", errors=_ERRORS) as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["study_instance_uid", "n_images", "n_ok", "n_error", f"max_{column}",
+                         "flagged", "model"])
+        for uid, (n, n_ok, n_error, best, flagged, models) in ordered:
+            writer.writerow([uid, n, n_ok, n_error, "" if best is None else f"{best:.6f}",
+                             "true" if flagged else "false" if best is not None else "",
+                             ";".join(sorted(models))])
     return out
 
 

@@ -7,24 +7,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import torch
 
-from medcam.config import ModelConfig, PreprocessConfig
-from medcam.models import Classifier, build_network, save_checkpoint
+from medcam.models import Classifier
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_DATA = REPO / "sample_data"
 SPACING_MM = 0.175
 
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Untrained, seeded DenseNet121 at 64 px: fast, and its PNEUMONIA map has one region on RG1."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, build_network(ModelConfig()).eval(), ModelConfig(), PreprocessConfig(size=64),
-                    trained=False)
-    return path
 
 
 @pytest.fixture(scope="session")
