@@ -69,6 +69,7 @@ import torch
 from medcam.errors import ConfigError
 
 if TYPE_CHECKING:
+    from medcam.io.image import Image
     from medcam.models.predictor import Prediction
 
 __all__ = ["Region", "RegionOptions", "RegionSet", "ThresholdRule", "calibrated_map", "find_regions",
@@ -272,6 +273,11 @@ class RegionSet:
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.labels.shape[0]), int(self.labels.shape[1])
+
+    def check_grid(self, image: Image) -> None:
+        """Raise ValueError unless these regions lie on ``image``'s pixel grid."""
+        if self.shape != image.shape:
+            raise ValueError(f"{image.path}: regions are on a {self.shape} grid, the image is {image.shape}")
 
     def __len__(self) -> int:
         return len(self.regions)

@@ -121,8 +121,7 @@ def export_regions(prediction: Prediction, regions: RegionSet, out_dir: str | Pa
     """
     wanted = parse_formats(formats)
     image = prediction.image
-    if regions.shape != image.shape:
-        raise ValueError(f"{image.path}: regions are on a {regions.shape} grid, the image is {image.shape}")
+    regions.check_grid(image)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # sanitised twice: the stem alone (short enough that ".nii.gz" survives), then the file name

@@ -40,8 +40,7 @@ def build_sc(image: Image, regions: RegionSet, *, model_id: str = "") -> tuple[h
         UnsupportedInputError: the source is not DICOM or its identity is invalid.
         ValueError: the regions are not on the image's grid.
     """
-    if regions.shape != image.shape:
-        raise ValueError(f"{image.path}: regions are on a {regions.shape} grid, the image is {image.shape}")
+    regions.check_grid(image)
     source, notes = reference_dataset(image)
     rgb = draw_regions(image.pixels, regions.regions)
     spacing = source.get("PixelSpacing")

@@ -47,8 +47,7 @@ def build_seg(image: Image, regions: RegionSet, *, model_id: str = "") -> tuple[
         UnsupportedInputError: the source is not DICOM or its identity is invalid.
         ValueError: the regions are not on the image's grid.
     """
-    if regions.shape != image.shape:
-        raise ValueError(f"{image.path}: regions are on a {regions.shape} grid, the image is {image.shape}")
+    regions.check_grid(image)
     source, notes = reference_dataset(image)
     if "FrameOfReferenceUID" not in source:
         for keyword in ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"):
