@@ -25,6 +25,7 @@ from medcam.review import STATUSES, ImageRef, Review, ReviewConfig, ReviewStore,
 from medcam.review.display import PRESETS, View, encode_png, preset_window, region_rows, render
 from medcam.review.export import FORMATS, export_accepted, export_folder, zip_files
 from medcam.review.worklist import Limits, load_prediction, save_upload, select
+from medcam.runtime import retain_freed_memory
 
 MAX_REGION_ROWS = 12
 RULES = {"fraction of the map's maximum": "fraction", "calibrated probability": "absolute"}
@@ -32,7 +33,8 @@ RULES = {"fraction of the map's maximum": "fraction", "calibrated probability": 
 
 @st.cache_resource(show_spinner="Loading the model ...")
 def get_classifier(model: str) -> Classifier:
-    """The model, loaded once per server process."""
+    """The model, loaded once per server process (whose allocator then keeps freed memory)."""
+    retain_freed_memory()
     classifier = Classifier(model)
     size = classifier.checkpoint.preprocess.size
     classifier.forward(torch.zeros(1, 1, size, size))  # warm-up: the first pass is several times slower

@@ -7,12 +7,17 @@ One run:
    turn (explicit VR little endian, RLE, JPEG-LS lossless, JPEG 2000 lossless, deflated), in
    folders of ``--n`` files;
 2. (a) plain forward: the first ``--n`` files decoded and prepared into memory first, then only
-   ``network(x)`` of the checkpoint's network is timed, batch by batch;
+   ``network(x)`` of the checkpoint's network is timed, batch by batch; with the allocator
+   setting that ``medcam`` uses (:mod:`medcam.runtime`), and once more in a fresh process
+   with glibc's defaults (``MEDCAM_MALLOC=system``) to show what that setting is worth;
 3. (b) ``medcam.scoring.score`` on the same ``--n`` files, in this process: discovery, decoding
    workers, the single-pass CAM model, durable CSV appends, the per-study file;
 4. the ratio (b) / (a), target >= 0.9; (a) is timed before and after (b) and averaged, so that
    a change in background load during the run shows (the two timings are printed);
-5. peak RSS of ``medcam score`` (a subprocess; the largest process of its tree, from
+5. (c) when there are more cores than workers, (a) and (b) again with the model on
+   ``cores - workers`` threads, so that decoding has cores of its own: the ratio then shows
+   what the pipeline itself costs, rather than the CPU time that decoding takes from the model;
+6. peak RSS of ``medcam score`` (a subprocess; the largest process of its tree, from
    ``getrusage(RUSAGE_CHILDREN)`` in a fresh wrapper) on ``--n`` and on ``--n-large`` files,
    target: within 10%.
 
@@ -52,6 +57,7 @@ from medcam.config import ModelConfig, PreprocessConfig
 from medcam.io import load_image
 from medcam.models import Classifier, build_network, prepare, save_checkpoint
 from medcam.models.checkpoint import bundled_checkpoint_path
+from medcam.runtime import retain_freed_memory
 from medcam.scoring import ScoreOptions, default_workers, score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +116,15 @@ def prepared(classifier: Classifier, files: list[Path]) -> tuple[torch.Tensor, f
     return x, len(files) / (time.perf_counter() - start)
 
 
+def forward_with_glibc_defaults(model: str, n: int, size: int, batch_size: int) -> float:
+    """Images/s of :func:`plain_forward` in a fresh process that leaves the allocator alone."""
+    command = [sys.executable, __file__, "--forward-only", str(n), "--model", model, "--size", str(size),
+               "--batch-size", str(batch_size)]
+    result = subprocess.run(command, check=True, capture_output=True, text=True,
+                            env={**os.environ, "MEDCAM_MALLOC": "system"})
+    return float(result.stdout.split()[-1])
+
+
 def plain_forward(classifier: Classifier, x: torch.Tensor, batch_size: int) -> float:
     """Images/s of ``network(x)`` alone, batch by batch, after one warm-up batch."""
     network = classifier.checkpoint.network
@@ -129,6 +144,26 @@ def peak_rss_mb(folder: Path, out: Path, model: str, batch_size: int, workers: i
     return int(result.stdout.split()[-1]) / 1024
 
 
+def compare(classifier: Classifier, x: torch.Tensor, folder: Path, out: Path, batch_size: int,
+            workers: int) -> tuple[float, float]:
+    """(a) and (b) as described above: images/s of the plain forward and of ``score``."""
+    before = plain_forward(classifier, x, batch_size)
+    out.unlink(missing_ok=True)
+    start = time.perf_counter()
+    summary = score([folder], classifier, ScoreOptions(out=out, batch_size=batch_size, workers=workers,
+                                                      progress=False))
+    seconds = time.perf_counter() - start
+    assert summary.scored == len(x) and summary.errors == 0, summary
+    after = plain_forward(classifier, x, batch_size)
+    forward = (before + after) / 2
+    end_to_end = summary.scored / seconds
+    print(f"(a) plain forward on {len(x)} images prepared in memory: {forward:.2f} images/s "
+          f"({before:.2f} before (b), {after:.2f} after)")
+    print(f"(b) medcam score end to end on {summary.scored} files: {end_to_end:.2f} images/s")
+    print(f"ratio (b)/(a): {end_to_end / forward:.2f}x (target >= 0.9x)", flush=True)
+    return forward, end_to_end
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1000, help="files for throughput and the small RSS run")
@@ -137,9 +172,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--work", type=Path, help="folder for the files (kept; reused when it has them)")
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--forward-only", type=int, metavar="N", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.n_large and args.n_large < args.n:
         parser.error("--n-large must be at least --n")
+    retained = retain_freed_memory()
+    if args.forward_only:  # the child of forward_with_glibc_defaults: random inputs cost the same
+        classifier = Classifier(args.model)
+        size = classifier.checkpoint.preprocess.size
+        print(plain_forward(classifier, torch.rand(args.forward_only, 1, size, size), args.batch_size))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -154,27 +197,25 @@ def main() -> None:
         files = sorted(small.iterdir())[:args.n]
         model, what = model_path(work)
         classifier = Classifier(model)
-        print(f"model: {what}; CPU, torch threads {torch.get_num_threads()}, {os.cpu_count()} cores, "
-              f"batch {args.batch_size}, workers {args.workers}")
+        cores, threads = os.cpu_count() or 1, torch.get_num_threads()
+        print(f"model: {what}; CPU, torch threads {threads}, {cores} cores, batch {args.batch_size}, "
+              f"workers {args.workers}; allocator keeps freed memory: {retained}")
 
         x, decode = prepared(classifier, files)
         print(f"decode + prepare in this process (not the workers): {decode:.1f} images/s", flush=True)
-        before = plain_forward(classifier, x, args.batch_size)
-        out = work / "results.csv"
-        out.unlink(missing_ok=True)
-        start = time.perf_counter()
-        summary = score([small], classifier, ScoreOptions(out=out, batch_size=args.batch_size,
-                                                          workers=args.workers, progress=False))
-        seconds = time.perf_counter() - start
-        assert summary.scored == len(files) and summary.errors == 0, summary
-        end_to_end = summary.scored / seconds
-        after = plain_forward(classifier, x, args.batch_size)
+        default = forward_with_glibc_defaults(model, len(files), classifier.checkpoint.preprocess.size,
+                                              args.batch_size)
+        print(f"(a0) plain forward with glibc's allocator defaults, fresh process: {default:.2f} images/s")
+        forward, end_to_end = compare(classifier, x, small, work / "results.csv", args.batch_size, args.workers)
+        print(f"the allocator setting: plain forward (a)/(a0) {forward / default:.2f}x; "
+              f"medcam score (b)/(a0) {end_to_end / default:.2f}x")
+        if cores > args.workers > 0:
+            torch.set_num_threads(cores - args.workers)
+            print(f"(c) the model on {cores - args.workers} threads, decoding on the other "
+                  f"{args.workers} core(s):")
+            compare(classifier, x, small, work / "results.csv", args.batch_size, args.workers)
+            torch.set_num_threads(threads)
         del x
-        forward = (before + after) / 2
-        print(f"(a) plain forward on {len(files)} images prepared in memory: {forward:.2f} images/s "
-              f"({before:.2f} before (b), {after:.2f} after)")
-        print(f"(b) medcam score end to end on {summary.scored} files: {end_to_end:.2f} images/s")
-        print(f"ratio (b)/(a): {end_to_end / forward:.2f}x (target >= 0.9x)", flush=True)
 
         if args.n_large:
             rss = {}

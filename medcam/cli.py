@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medcam import __version__
 from medcam.errors import MedcamError
+from medcam.runtime import retain_freed_memory
 
 __all__ = ["main"]
 
@@ -52,6 +53,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
+    import torch
+
     from medcam.models.checkpoint import load_checkpoint
     from medcam.models.predictor import Classifier
     from medcam.scoring import ScoreOptions, default_workers, score, score_ray
@@ -65,6 +68,8 @@ def _score(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         ckpt = load_checkpoint(args.model)
     else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
         classifier = Classifier(args.model, device=args.device)
         ckpt = classifier.checkpoint
     status = "trained" if ckpt.trained else "UNTRAINED PLACEHOLDER - outputs are meaningless"
@@ -195,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int,
                    help="decoding processes (default: half the CPU cores, 1 to 8; 0 decodes in the main process)")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default: cpu)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads of the model (default: torch's choice, all cores; the local engine)")
     p.add_argument("--voi", choices=["auto", "lut", "window", "none"], default="auto",
                    help="DICOM VOI step (default: auto = VOI LUT, else window, else percentiles)")
     p.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"),
@@ -267,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    retain_freed_memory()
     try:
         return int(args.func(args))
     except MedcamError as err:

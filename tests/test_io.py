@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from PIL import Image as PILImage
 from pydicom import Dataset, FileMetaDataset
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -21,6 +21,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+import medcam.io.dicom
 from medcam.errors import UnsupportedInputError
 from medcam.io import Image, detect_format, load_image, read_dicom, read_nifti
 
@@ -261,6 +262,32 @@ def test_rsna_dicoms_load_with_spacing_and_identity(rsna_dicoms: list[Path]) -> 
         assert image.identity.patient_id == ds.PatientID
         assert image.identity.frame_of_reference_uid == str(ds.get("FrameOfReferenceUID", ""))
         assert image.pixels.min() >= 0.0 and image.pixels.max() <= 1.0
+
+
+def _every_plugin(path: Path) -> dict[str, np.ndarray]:
+    syntax = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    return {plugin: pixel_array(path, decoding_plugin=plugin) for plugin in get_decoder(syntax).available_plugins}
+
+
+def test_rsna_jpeg_baseline_decodes_the_same_with_every_installed_plugin(
+    rsna_dicoms: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # read_dicom prefers Pillow (libjpeg-turbo) to pydicom's first choice, GDCM, for speed
+    fast = [read_dicom(path).pixels for path in rsna_dicoms]
+    monkeypatch.setattr(medcam.io.dicom, "_FAST_PLUGINS", {})
+    for path, pixels in zip(rsna_dicoms, fast, strict=True):
+        decoded = _every_plugin(path)
+        assert {"gdcm", "pillow"} <= decoded.keys()
+        for plugin, stored in decoded.items():
+            np.testing.assert_array_equal(stored, decoded["gdcm"], err_msg=f"{path.name}: {plugin}")
+        np.testing.assert_array_equal(pixels, read_dicom(path).pixels)
+
+
+def test_jpeg_ls_decodes_the_same_with_every_installed_plugin(sample_data: Path) -> None:
+    decoded = _every_plugin(sample_data / "dicom" / "RG1_JLSL.dcm")
+    assert {"gdcm", "pyjpegls"} <= decoded.keys()
+    for plugin, pixels in decoded.items():
+        np.testing.assert_array_equal(pixels, decoded["gdcm"], err_msg=plugin)
 
 
 # --- refusals ------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from medcam.errors import ConfigError, MedcamError
 from medcam.io import VOI
 from medcam.models.checkpoint import Checkpoint, load_checkpoint
 from medcam.models.predictor import Classifier
+from medcam.runtime import retain_freed_memory
 from medcam.scoring.dataset import load_record
 from medcam.scoring.discover import Item, count_items, iter_items
 from medcam.scoring.options import ScoreOptions, ScoreSummary, progress_bar
@@ -168,6 +169,7 @@ class _Scorer:
     def __init__(self, checkpoint: list[Any], device: str) -> None:
         import ray
 
+        retain_freed_memory()
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "model.pt"
             path.write_bytes(ray.get(checkpoint[0]))
