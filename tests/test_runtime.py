@@ -9,19 +9,23 @@ import sys
 
 import pytest
 
-# Allocate and free a 64 MiB tensor, then count the page faults of allocating it again.
+# Page faults of three DenseNet121 forward passes after a warm-up pass.
 _PROBE = """
 import resource
 import torch
+from monai.networks.nets import DenseNet121
 from medcam.runtime import retain_freed_memory
 applied = retain_freed_memory()
-torch.ones(1 << 24).sum()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-torch.ones(1 << 24).sum()
+torch.manual_seed(0)
+net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).eval()
+x = torch.rand(8, 1, 128, 128)
+with torch.inference_mode():
+    net(x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        net(x)
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
-
-glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is for glibc's allocator")
 
 
 def _probe(**env: str) -> tuple[bool, int]:
@@ -31,15 +35,11 @@ def _probe(**env: str) -> tuple[bool, int]:
     return applied == "True", int(faults)
 
 
-@glibc_only
-def test_freed_buffers_are_reused_without_page_faults() -> None:
-    applied, faults = _probe()
-    assert applied
-    assert faults < 1000  # 64 MiB is 16,384 pages of 4 KiB
-
-
-@glibc_only
-def test_medcam_malloc_system_leaves_the_allocator_alone() -> None:
-    applied, faults = _probe(MEDCAM_MALLOC="system")
-    assert not applied
-    assert faults > 10_000  # glibc maps the buffer afresh, page by page
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is for glibc's allocator")
+def test_forward_passes_reuse_freed_memory_unless_told_not_to() -> None:
+    applied, retained = _probe()
+    left_alone, system = _probe(MEDCAM_MALLOC="system")
+    assert applied and not left_alone
+    # glibc's defaults map each large activation afresh, page by page (~40,000 faults here);
+    # kept memory is reused (~6,000)
+    assert retained < system / 3, (retained, system)

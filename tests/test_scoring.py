@@ -29,6 +29,7 @@ from medcam.models import Classifier, build_network, save_checkpoint
 from medcam.scoring import (
     ResultsFile,
     ScoreOptions,
+    ScoreSummary,
     iter_items,
     ray_engine,
     read_results,
@@ -505,7 +506,8 @@ def test_ray_missing_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.slow
-def test_ray_engine_writes_the_same_rows_as_the_local_engine(classifier: Classifier, tmp_path: Path) -> None:
+def test_ray_engine_writes_the_same_rows_and_files_as_the_local_engine(classifier: Classifier,
+                                                                       tmp_path: Path) -> None:
     pytest.importorskip("ray.data", reason='Ray is optional: pip install "medcam-screening[distributed]"')
     folder = tmp_path / "in"
     many_dicoms(folder, 6)
@@ -515,10 +517,20 @@ def test_ray_engine_writes_the_same_rows_as_the_local_engine(classifier: Classif
     (folder / "notes.txt").write_text("skipped")
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00" * 500)
+    ckpt = classifier.checkpoint  # at threshold 0 every image is flagged and gets its regions exported
+    save_checkpoint(tmp_path / "all.pt", ckpt.network, ckpt.model, ckpt.preprocess, trained=False, threshold=0.0)
+    flag_all = Classifier(str(tmp_path / "all.pt"))
+
+    def run(engine: str) -> ScoreSummary:
+        kwargs = {"batch_size": 4, "cams": tmp_path / engine / "cams", "regions": tmp_path / engine / "regions",
+                  "region_formats": ("png", "json")}
+        if engine == "local":
+            return score([folder, junk], flag_all, options(tmp_path / "local.csv", **kwargs))
+        return score_ray([folder, junk], flag_all.checkpoint, options(tmp_path / "ray.csv", **kwargs), num_cpus=3)
 
     local_out, ray_out = tmp_path / "local.csv", tmp_path / "ray.csv"
-    score([folder, junk], classifier, options(local_out, batch_size=4))
-    summary = score_ray([folder, junk], classifier.checkpoint, options(ray_out, batch_size=4), num_cpus=3)
+    run("local")
+    summary = run("ray")
     assert summary.scored == 10 and summary.skipped == 1
 
     local = {r["path"]: r for r in rows_of(local_out)}
@@ -529,8 +541,20 @@ def test_ray_engine_writes_the_same_rows_as_the_local_engine(classifier: Classif
         for column, value in row.items():
             if column.startswith("prob_") and value:
                 assert float(other[column]) == pytest.approx(float(value), abs=1e-5), (path, column)
+            elif column in ("overlay", "cam") and value:
+                assert Path(other[column]).parent == (tmp_path / "ray" / "cams").resolve()
+                assert Path(other[column]).name == Path(value).name, (path, column)
             else:
                 assert other[column] == value, (path, column)
+        if row["cam"]:
+            np.testing.assert_allclose(np.load(other["cam"]), np.load(row["cam"]), atol=1e-5)
+    assert sum(bool(r["cam"]) for r in local.values()) == 8  # the truncated file and the junk have none
+    exported = [sorted(p.name for p in (tmp_path / engine / "regions").iterdir()) for engine in ("local", "ray")]
+    assert exported[0] == exported[1] and any(name.endswith(".png") for name in exported[0])
+    for name in exported[0]:
+        if name.endswith(".png"):
+            local_png, ray_png = (np.asarray(PILImage.open(tmp_path / e / "regions" / name)) for e in ("local", "ray"))
+            np.testing.assert_array_equal(local_png, ray_png, err_msg=name)
     with open(studies_path(local_out)) as f, open(studies_path(ray_out)) as g:
         studies = [{r["study_instance_uid"]: r for r in csv.DictReader(h)} for h in (f, g)]
     assert set(studies[0]) == set(studies[1]) and len(studies[0]) == 6  # 4 of img*, 2 of RG1

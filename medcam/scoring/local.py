@@ -16,16 +16,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from medcam.errors import ConfigError
-from medcam.export import export_regions
 from medcam.io import Image
 from medcam.models.grid import GridTransform
 from medcam.models.predictor import Classifier
-from medcam.predict import write_cams
-from medcam.regions import find_regions
 from medcam.scoring.dataset import Batch, ScoringDataset, make_loader
 from medcam.scoring.discover import count_items, iter_items
-from medcam.scoring.options import ScoreOptions, ScoreSummary, cam_name, progress_bar
+from medcam.scoring.options import ScoreOptions, ScoreSummary, progress_bar
+from medcam.scoring.outputs import prepare_outputs, write_outputs
 from medcam.scoring.results import ModelInfo, ResultsFile, make_row, results_columns, write_studies
 
 __all__ = ["score"]
@@ -43,12 +40,7 @@ def score(inputs: Iterable[str | Path], classifier: Classifier, options: ScoreOp
             :meth:`~medcam.scoring.results.ResultsFile.open`).
     """
     info = ModelInfo.from_checkpoint(classifier.checkpoint)
-    cam_class = options.cam_class or info.positive_class
-    if cam_class not in info.classes:
-        raise ConfigError(f"CAM class {cam_class!r} is not one of the model's classes: {', '.join(info.classes)}")
-    for folder in (options.cams, options.regions):
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
+    cam_class = prepare_outputs(options, info)
     inputs = list(inputs)
     scored = errors = skipped = 0
     start = time.perf_counter()
@@ -113,15 +105,7 @@ def _score_batch(batch: Batch, classifier: Classifier, info: ModelInfo, options:
             images: Sequence[Image] = [r.image for r in ok if r.image is not None]
             transforms: Sequence[GridTransform] = [r.transform for r in ok if r.transform is not None]
             predictions = classifier.predictions(images, transforms, output)
-            if options.cams is not None:
-                files = [write_cams(p, options.cams, cam_name(r.path), cam_class=cam_class,
-                                    colour_map=options.colour_map, opacity=options.opacity, nifti=False)
-                         for p, r in zip(predictions, ok, strict=True)]
-            if options.regions is not None:
-                for p, r in zip(predictions, ok, strict=True):
-                    if p.flagged:  # re-running after a crash rewrites the same files
-                        regions = find_regions(p, info.positive_class, options.region_options)
-                        export_regions(p, regions, options.regions, options.region_formats, name=cam_name(r.path))
+            files = write_outputs(predictions, [r.path for r in ok], options, cam_class)
     cams = options.cams is not None
     scores = iter(probabilities)
     written = iter(files)

@@ -5,11 +5,15 @@ A Ray Data pipeline per chunk of inputs::
     paths (driver, streamed from the walk; already-scored ones left out)
       -> map_batches(decode)        CPU tasks: load_image + prepare, refusals become error rows
       -> map_batches(model actor)   one actor per GPU (num_gpus=1 with device "cuda"), or CPU actors
+      -> map_batches(write)         with --cams or --regions only: CPU tasks read each image again
+                                    and write its files from the feature-grid maps
       -> rows, appended on the driver to the same durable results file
 
 so a crash or Ctrl-C is resumed exactly as with the local engine. The checkpoint travels to
-the actors through the object store; the input files must be readable from every node
-(shared storage). Ray is optional: ``pip install "medcam-screening[distributed]"``.
+the actors through the object store, and so do the small feature-grid maps; images do not
+(they are read again where files are written). The input files, and the ``--cams`` and
+``--regions`` folders, must be on storage that every node shares. Ray is optional:
+``pip install "medcam-screening[distributed]"``.
 
 Which cluster: ``address=None`` connects to the cluster named by the ``RAY_ADDRESS``
 environment variable when it is set, and otherwise starts a local instance; pass
@@ -33,15 +37,17 @@ import numpy as np
 import torch
 
 from medcam.config import PreprocessConfig
-from medcam.errors import ConfigError, MedcamError
-from medcam.io import VOI
+from medcam.errors import ConfigError, MedcamError, UnsupportedInputError
+from medcam.io import VOI, load_image
 from medcam.models.checkpoint import Checkpoint, load_checkpoint
-from medcam.models.predictor import Classifier
+from medcam.models.grid import maps_to_source
+from medcam.models.predictor import Classifier, Prediction, prepare
 from medcam.runtime import retain_freed_memory
 from medcam.scoring.dataset import load_record
 from medcam.scoring.discover import Item, count_items, iter_items
 from medcam.scoring.options import ScoreOptions, ScoreSummary, progress_bar
-from medcam.scoring.results import ModelInfo, ResultsFile, make_row, results_columns, write_studies
+from medcam.scoring.outputs import prepare_outputs, write_outputs
+from medcam.scoring.results import CAM_COLUMNS, ModelInfo, ResultsFile, make_row, results_columns, write_studies
 
 __all__ = ["INSTALL_HINT", "import_ray", "score_ray"]
 
@@ -83,13 +89,9 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
         chunk_size: inputs per Ray dataset; the driver holds one chunk of paths at a time.
 
     Raises:
-        ConfigError: ``options.cams`` or ``options.regions`` is set (those files are written by
-            the local engine).
+        ConfigError: a bad device, count or CAM class.
         MedcamError: Ray is not installed, or the results file belongs to another run.
     """
-    if options.needs_maps:
-        raise ConfigError("--cams and --regions are written by the local engine only; score with "
-                          "--engine local to get those files, or leave them out")
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"the Ray engine runs on device 'cpu' or 'cuda', got {device!r}")
     if actors < 1 or chunk_size < 1:
@@ -100,6 +102,7 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
                           "model actors, one image at a time); use 2 or more")
     ray = import_ray()
     info = ModelInfo.from_checkpoint(checkpoint)
+    cam_class = prepare_outputs(options, info)
     inputs = list(inputs)
     started = not ray.is_initialized()
     if started:
@@ -112,7 +115,8 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
     start = time.perf_counter()
     try:
         blob = [ray.put(Path(checkpoint.path).read_bytes())]  # in a list: the actor fetches it itself
-        with ResultsFile.open(options.out, results_columns(info.classes), info.model_id) as results:
+        columns = results_columns(info.classes, cams=options.cams is not None)
+        with ResultsFile.open(options.out, columns, info.model_id) as results:
             resumed = len(results.done)
             total = count_items(inputs, skip=results.done, outputs=options.outputs)
             items = iter_items(inputs, skip=results.done, outputs=options.outputs)
@@ -120,8 +124,8 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
                 for chunk in _chunks(items, chunk_size):
                     rows_in_chunk = 0
                     for batch in _pipeline(ray, chunk, checkpoint.preprocess, options, blob, device, actors,
-                                           actor_cpus):
-                        rows = _rows(batch, info)
+                                           actor_cpus, info, cam_class):
+                        rows = _rows(batch, info, cams=options.cams is not None)
                         results.append(rows)
                         rows_in_chunk += len(rows)
                         errors += sum(row[1] == "error" for row in rows)
@@ -138,13 +142,19 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
 
 
 def _pipeline(ray: ModuleType, chunk: list[Item], preprocess: PreprocessConfig, options: ScoreOptions,
-              blob: list[Any], device: str, actors: int, actor_cpus: float) -> Iterator[dict[str, np.ndarray]]:
+              blob: list[Any], device: str, actors: int, actor_cpus: float, info: ModelInfo,
+              cam_class: str) -> Iterator[dict[str, np.ndarray]]:
     data = ray.data.from_items([dataclasses.asdict(item) for item in chunk])
     data = data.map_batches(_decode, fn_kwargs={"preprocess": dataclasses.asdict(preprocess), "voi": options.voi},
                             batch_size=options.batch_size, batch_format="numpy", num_cpus=_DECODE_CPUS)
-    data = data.map_batches(_Scorer, fn_constructor_kwargs={"checkpoint": blob, "device": device},
+    data = data.map_batches(_Scorer, fn_constructor_kwargs={"checkpoint": blob, "device": device,
+                                                            "maps": options.needs_maps},
                             batch_size=options.batch_size, batch_format="numpy", concurrency=actors,
                             num_cpus=actor_cpus, num_gpus=1 if device == "cuda" else 0)
+    if options.needs_maps:
+        data = data.map_batches(_write, fn_kwargs={"preprocess": dataclasses.asdict(preprocess), "options": options,
+                                                   "info": info, "cam_class": cam_class},
+                                batch_size=None, batch_format="numpy", num_cpus=_DECODE_CPUS)
     batches: Iterator[dict[str, np.ndarray]] = data.iter_batches(batch_size=None, batch_format="numpy")
     return batches
 
@@ -164,9 +174,13 @@ def _decode(batch: dict[str, np.ndarray], preprocess: dict[str, Any], voi: VOI) 
 
 
 class _Scorer:
-    """Ray actor: holds the model; logits become calibrated probabilities (NaN on error rows)."""
+    """Ray actor: holds the model; logits become calibrated probabilities (NaN on error rows).
 
-    def __init__(self, checkpoint: list[Any], device: str) -> None:
+    With ``maps``, the logits and the feature-grid maps ``(K, h, w)`` go on to :func:`_write`
+    (a warm-up pass gives their shape).
+    """
+
+    def __init__(self, checkpoint: list[Any], device: str, maps: bool = False) -> None:
         import ray
 
         retain_freed_memory()
@@ -174,22 +188,67 @@ class _Scorer:
             path = Path(folder) / "model.pt"
             path.write_bytes(ray.get(checkpoint[0]))
             self.classifier = Classifier(load_checkpoint(path), device=device)
+        size = self.classifier.checkpoint.preprocess.size
+        self.map_shape = tuple(self.classifier.forward(torch.zeros(1, 1, size, size)).maps.shape[1:]) if maps else ()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Every batch has the same columns, even one of errors only: Ray cannot combine blocks that differ
         ok = np.array([not error for error in batch["error"]], dtype=bool)
         probabilities = np.full((len(ok), len(self.classifier.classes)), np.nan, dtype=np.float64)
+        logits = np.full(probabilities.shape, np.nan, dtype=np.float32)
+        maps = np.full((len(ok), *self.map_shape), np.nan, dtype=np.float32)
         if ok.any():
             output = self.classifier.forward(torch.from_numpy(np.ascontiguousarray(batch["x"][ok])))
             probabilities[ok] = self.classifier.probabilities(output.logits).float().cpu().numpy()
-        return {**{name: batch[name] for name in _TEXT}, "probabilities": probabilities}
+            if self.map_shape:
+                logits[ok] = output.logits.float().cpu().numpy()
+                maps[ok] = output.maps.float().cpu().numpy()
+        out = {name: batch[name] for name in _TEXT} | {"probabilities": probabilities}
+        return out | ({"logits": logits, "maps": maps} if self.map_shape else {})
 
 
-def _rows(batch: dict[str, np.ndarray], info: ModelInfo) -> list[list[str]]:
+def _write(batch: dict[str, np.ndarray], preprocess: dict[str, Any], options: ScoreOptions, info: ModelInfo,
+           cam_class: str) -> dict[str, np.ndarray]:
+    """Ray task: each scored image is read again and its CAM files and regions are written.
+
+    The maps go onto the image's grid exactly as in the local engine. An image that can no
+    longer be read (changed or removed since it was scored) becomes an error row.
+    """
+    config = PreprocessConfig(**preprocess)
+    errors = [str(error) for error in batch["error"]]
+    files: list[dict[str, str]] = [{} for _ in errors]
+    for i, path in enumerate(str(p) for p in batch["path"]):
+        if errors[i]:
+            continue
+        try:
+            image = load_image(path, voi=options.voi)
+            _, transform = prepare(image, config)
+        except UnsupportedInputError as err:
+            errors[i] = f"could not be read again to write its files: {err.reason}"
+            continue
+        prediction = Prediction(
+            image=image,
+            probabilities=torch.from_numpy(batch["probabilities"][i]).float(),
+            logits=torch.from_numpy(batch["logits"][i]),
+            maps=maps_to_source(torch.from_numpy(batch["maps"][i:i + 1]), transform)[0],
+            classes=info.classes,
+            positive_class=info.positive_class,
+            threshold=info.threshold,
+            model_id=info.model_id,
+            temperature=info.temperature,
+        )
+        files[i] = write_outputs([prediction], [path], options, cam_class)[0]
+    columns = {kind: np.array([f.get(kind, "") for f in files], dtype=object) for kind in CAM_COLUMNS}
+    return {**batch, "error": np.array(errors, dtype=object), **columns}
+
+
+def _rows(batch: dict[str, np.ndarray], info: ModelInfo, *, cams: bool) -> list[list[str]]:
     rows = []
     for i, (path, error) in enumerate(zip(batch["path"], batch["error"], strict=True)):
         uids = [str(batch[name][i]) for name in _TEXT[2:]]
         probabilities = None if error else batch["probabilities"][i].tolist()
-        rows.append(make_row(info, str(path), str(error), uids, probabilities))
+        files = {kind: str(batch[kind][i]) for kind in CAM_COLUMNS} if cams else None
+        rows.append(make_row(info, str(path), str(error), uids, probabilities, files))
     return rows
 
 

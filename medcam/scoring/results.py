@@ -64,17 +64,18 @@ if hasattr(os, "register_at_fork"):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a row needs to know about the model."""
+    """What a row, or a prediction rebuilt away from the model, needs to know about the model."""
 
     model_id: str
     classes: tuple[str, ...]
     positive_class: str
     threshold: float
+    temperature: float = 1.0
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> ModelInfo:
         return cls(checkpoint.model_id, checkpoint.model.classes, checkpoint.model.positive_class,
-                   checkpoint.threshold)
+                   checkpoint.threshold, checkpoint.temperature)
 
 
 def results_columns(classes: Sequence[str], *, cams: bool = False) -> list[str]:
