@@ -21,7 +21,9 @@ One run:
    ``getrusage(RUSAGE_CHILDREN)`` in a fresh wrapper) on ``--n`` and on ``--n-large`` files,
    ``--rss-repeats`` times each, alternating; target: the medians within 10%. Repeats, because
    the level at which a run's memory settles (within its first batches; it is flat after that)
-   differs between runs by up to ~20% with the same files.
+   differs between runs by up to ~20% with the same files;
+7. with ``--trace``, the RSS of one ``medcam score`` on ``--n-large`` files, read from
+   ``/proc`` every second: the highest value in each tenth of the run.
 
 The model is the bundled one when ``medcam/weights/pneumonia_densenet121.pt`` exists, otherwise an
 untrained DenseNet121 placeholder with the bundled configuration (224 px; weights do not change
@@ -29,11 +31,13 @@ the cost); the output says which.
 
     python benchmarks/bench_score.py                          # 1,000 files; RSS 1,000 vs 5,000
     python benchmarks/bench_score.py --n 200 --n-large 1000   # quick
+    python benchmarks/bench_score.py --trace                  # and the RSS trace of a 5,000-file run
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -167,6 +171,22 @@ def compare(classifier: Classifier, x: torch.Tensor, folder: Path, out: Path, ba
     return forward, end_to_end
 
 
+def rss_trace(folder: Path, out: Path, model: str, batch_size: int, workers: int) -> list[int]:
+    """RSS (MB) of a ``medcam score`` process, sampled every second, highest per tenth of the run."""
+    command = [sys.executable, "-m", "medcam", "score", str(folder), "--out", str(out), "--model", model,
+               "--batch-size", str(batch_size), "--workers", str(workers)]
+    samples = []
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL) as process:
+        status = Path(f"/proc/{process.pid}/status")
+        while process.poll() is None:
+            with contextlib.suppress(FileNotFoundError):
+                samples += [int(line.split()[1]) // 1024 for line in status.read_text().splitlines()
+                            if line.startswith("VmRSS:")]
+            time.sleep(1)
+    n = len(samples)
+    return [max(samples[i * n // 10:(i + 1) * n // 10], default=0) for i in range(10)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1000, help="files for throughput and the small RSS run")
@@ -175,6 +195,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--rss-repeats", type=int, default=3, help="runs of each size for peak RSS")
+    parser.add_argument("--trace", action="store_true", help="also trace the RSS of one run on --n-large files")
     parser.add_argument("--work", type=Path, help="folder for the files (kept; reused when it has them)")
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--forward-only", type=int, metavar="N", help=argparse.SUPPRESS)
@@ -221,7 +242,7 @@ def main() -> None:
             torch.set_num_threads(threads)
         del x
 
-        if args.n_large:
+        if args.n_large and args.rss_repeats:
             rss: dict[int, list[float]] = {args.n: [], args.n_large: []}
             for _ in range(args.rss_repeats):
                 for n, folder in ((args.n, small), (args.n_large, data)):
@@ -232,6 +253,12 @@ def main() -> None:
             small_mb, large_mb = (statistics.median(rss[n]) for n in (args.n, args.n_large))
             print(f"median peak RSS: {small_mb:.0f} MB on {args.n} files, {large_mb:.0f} MB on {args.n_large}: "
                   f"{large_mb / small_mb - 1:+.1%} (target within 10%)")
+        if args.trace and args.n_large:
+            result = work / "rss_trace.csv"
+            result.unlink(missing_ok=True)
+            trace = rss_trace(data, result, model, args.batch_size, args.workers)
+            print(f"RSS (MB) of medcam score on {args.n_large} files, highest in each tenth of the run: "
+                  f"{', '.join(map(str, trace))}")
 
 if __name__ == "__main__":
     main()

@@ -278,6 +278,17 @@ def test_studies_file_aggregates_each_study(classifier: Classifier, tmp_path: Pa
     assert (b_row["n_images"], b_row["n_ok"], b_row["n_error"]) == ("4", "3", "1")
 
 
+def test_threads_option_sets_the_model_threads(classifier: Classifier, tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    write_dicom(pydicom_file("CT_small.dcm"), tmp_path / "in" / "ct")
+    try:
+        code = main(["score", str(tmp_path / "in"), "--out", str(tmp_path / "r.csv"), "--model",
+                     str(Path(classifier.checkpoint.path)), "--workers", "0", "--threads", "1"])
+        assert code == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_cams_have_safe_names_that_never_collide(classifier: Classifier, tmp_path: Path) -> None:
     one = tmp_path / "site 1" / "img.dcm"
     two = tmp_path / "site;2" / "img.dcm"

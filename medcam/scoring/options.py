@@ -20,7 +20,8 @@ __all__ = ["ScoreOptions", "ScoreSummary", "cam_name", "default_workers", "progr
 
 
 def default_workers() -> int:
-    """Decoding workers by default: half the CPU cores (the model uses the rest), 1 to 8."""
+    """Decoding workers by default: half the CPU cores, 1 to 8 (decoding an image takes a
+    fraction of the model's CPU time for it; with a GPU, raise ``workers``)."""
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
