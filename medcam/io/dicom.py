@@ -196,8 +196,8 @@ def _stored_pixels(ds: Dataset) -> np.ndarray:
     """The stored pixel values, decoded by the fastest installed plugin for the transfer syntax.
 
     pydicom tries GDCM first for JPEG baseline and JPEG-LS; libjpeg-turbo (Pillow) and CharLS
-    (pyjpegls) decode the same pixels 6x and 1.8x faster (512 px CR, 1024 px RSNA images). When
-    the preferred plugin is missing or fails, pydicom's own order decides.
+    (pyjpegls) decode the same pixels several times faster (``benchmarks/bench_decode.py``).
+    When the preferred plugin is missing or fails, pydicom's own order decides.
     """
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     plugin = _FAST_PLUGINS.get(syntax)

@@ -226,6 +226,9 @@ def _write(batch: dict[str, np.ndarray], preprocess: dict[str, Any], options: Sc
         except UnsupportedInputError as err:
             errors[i] = f"could not be read again to write its files: {err.reason}"
             continue
+        except Exception as err:  # as in load_record: a decoder's own failure belongs to this file's row
+            errors[i] = f"could not be read again to write its files ({type(err).__name__}: {err})"
+            continue
         prediction = Prediction(
             image=image,
             probabilities=torch.from_numpy(batch["probabilities"][i]).float(),
@@ -239,7 +242,8 @@ def _write(batch: dict[str, np.ndarray], preprocess: dict[str, Any], options: Sc
         )
         files[i] = write_outputs([prediction], [path], options, cam_class)[0]
     columns = {kind: np.array([f.get(kind, "") for f in files], dtype=object) for kind in CAM_COLUMNS}
-    return {**batch, "error": np.array(errors, dtype=object), **columns}
+    kept = {name: batch[name] for name in (*_TEXT, "probabilities")}
+    return kept | {"error": np.array(errors, dtype=object)} | columns
 
 
 def _rows(batch: dict[str, np.ndarray], info: ModelInfo, *, cams: bool) -> list[list[str]]:
