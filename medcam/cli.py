@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     p.add_argument("--workers", type=int,
-                   help="decoding processes (default: half the CPU cores, 1 to 8; 0 decodes in the main process)")
+                   help="decoding processes (default: one per CPU core, up to 8; 0 decodes in the main process)")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int,
                    help="CPU threads of the model (default: torch's choice, all cores; the local engine)")

@@ -38,6 +38,8 @@ from medcam.scoring import (
     score_ray,
     studies_path,
 )
+from medcam.scoring.dataset import Record, ScoringDataset, make_loader
+from medcam.scoring.discover import Item
 from medcam.scoring.options import cam_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -287,6 +289,21 @@ def test_threads_option_sets_the_model_threads(classifier: Classifier, tmp_path:
         assert code == 0 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+class _Niceness(ScoringDataset):
+    """Reports the niceness of the process that decodes, in the record's error field."""
+
+    def __getitem__(self, item: Item) -> Record:
+        return Record(item.path, error=str(os.nice(0)))
+
+
+@pytest.mark.parametrize("niceness", [0, 19])
+def test_decoding_workers_run_at_the_niceness_asked_for(niceness: int) -> None:
+    items = [Item(f"/nowhere/{i}", named=True) for i in range(4)]
+    loader = make_loader(iter(items), _Niceness(PreprocessConfig()), batch_size=2, workers=2, niceness=niceness)
+    seen = {record.error for batch in loader for record in batch.records}
+    assert seen == {str(min(19, os.nice(0) + niceness))}
 
 
 def test_cams_have_safe_names_that_never_collide(classifier: Classifier, tmp_path: Path) -> None:

@@ -52,7 +52,8 @@ def score(inputs: Iterable[str | Path], classifier: Classifier, options: ScoreOp
         dataset = ScoringDataset(classifier.checkpoint.preprocess, voi=options.voi,
                                  keep_image=options.needs_maps)
         loader = make_loader(items, dataset, batch_size=options.batch_size, workers=options.workers,
-                             prefetch=options.prefetch, pin_memory=classifier.device.type == "cuda")
+                             prefetch=options.prefetch, pin_memory=classifier.device.type == "cuda",
+                             niceness=19 if classifier.device.type == "cpu" else 0)
         with progress_bar(total, options.progress) as bar, _stop_on_interrupt() as stop:
             for batch in loader:
                 rows = _score_batch(batch, classifier, info, options, cam_class)

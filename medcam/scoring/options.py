@@ -20,9 +20,13 @@ __all__ = ["ScoreOptions", "ScoreSummary", "cam_name", "default_workers", "progr
 
 
 def default_workers() -> int:
-    """Decoding workers by default: half the CPU cores, 1 to 8 (decoding an image takes a
-    fraction of the model's CPU time for it; with a GPU, raise ``workers``)."""
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
+    """Decoding workers by default: one per CPU core, up to 8.
+
+    With the model on the CPU they run at the lowest priority (see
+    :func:`~medcam.scoring.dataset.make_loader`), so they take the time the model leaves
+    rather than the model's own.
+    """
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
