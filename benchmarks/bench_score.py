@@ -23,7 +23,9 @@ One run:
    the level at which a run's memory settles (within its first batches; it is flat after that)
    differs between runs by up to ~20% with the same files;
 7. with ``--trace``, the RSS of one ``medcam score`` on ``--n-large`` files, read from
-   ``/proc`` every second: the highest value in each tenth of the run.
+   ``/proc`` every second: the highest value in each tenth of the run, and the peak when
+   ``--n`` rows were written against the peak at the end. That compares the peaks for
+   ``--n`` and ``--n-large`` files without the run-to-run variation.
 
 The model is the bundled one when ``medcam/weights/pneumonia_densenet121.pt`` exists, otherwise an
 untrained DenseNet121 placeholder with the bundled configuration (224 px; weights do not change
@@ -171,20 +173,31 @@ def compare(classifier: Classifier, x: torch.Tensor, folder: Path, out: Path, ba
     return forward, end_to_end
 
 
-def rss_trace(folder: Path, out: Path, model: str, batch_size: int, workers: int) -> list[int]:
-    """RSS (MB) of a ``medcam score`` process, sampled every second, highest per tenth of the run."""
+def rss_trace(folder: Path, out: Path, model: str, batch_size: int, workers: int,
+              n: int) -> tuple[list[int], float, float]:
+    """Sample a ``medcam score`` process's memory every second.
+
+    Returns the highest RSS (MB) in each tenth of the run, and its peak RSS (``VmHWM``, MB)
+    when its results file first had ``n`` rows and at the end: the peak for ``n`` files
+    against the peak for all of them, in one process.
+    """
     command = [sys.executable, "-m", "medcam", "score", str(folder), "--out", str(out), "--model", model,
                "--batch-size", str(batch_size), "--workers", str(workers)]
-    samples = []
+    samples: list[int] = []
+    peak_at_n = peak = 0.0
     with subprocess.Popen(command, stdout=subprocess.DEVNULL) as process:
         status = Path(f"/proc/{process.pid}/status")
         while process.poll() is None:
-            with contextlib.suppress(FileNotFoundError):
-                samples += [int(line.split()[1]) // 1024 for line in status.read_text().splitlines()
-                            if line.startswith("VmRSS:")]
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                fields = {line.split(":")[0]: int(line.split()[1]) // 1024
+                          for line in status.read_text().splitlines() if line.startswith(("VmRSS:", "VmHWM:"))}
+                samples.append(fields["VmRSS"])
+                peak = fields["VmHWM"]
+                if not peak_at_n and out.is_file() and sum(1 for _ in out.open()) > n:  # header + n rows
+                    peak_at_n = peak
             time.sleep(1)
-    n = len(samples)
-    return [max(samples[i * n // 10:(i + 1) * n // 10], default=0) for i in range(10)]
+    tenths = [max(samples[i * len(samples) // 10:(i + 1) * len(samples) // 10], default=0) for i in range(10)]
+    return tenths, peak_at_n, peak
 
 
 def main() -> None:
@@ -256,9 +269,11 @@ def main() -> None:
         if args.trace and args.n_large:
             result = work / "rss_trace.csv"
             result.unlink(missing_ok=True)
-            trace = rss_trace(data, result, model, args.batch_size, args.workers)
+            trace, at_n, at_end = rss_trace(data, result, model, args.batch_size, args.workers, args.n)
             print(f"RSS (MB) of medcam score on {args.n_large} files, highest in each tenth of the run: "
                   f"{', '.join(map(str, trace))}")
+            print(f"same run, peak RSS when {args.n} files were scored: {at_n:.0f} MB; after all "
+                  f"{args.n_large}: {at_end:.0f} MB: {at_end / at_n - 1:+.1%} (target within 10%)")
 
 if __name__ == "__main__":
     main()
