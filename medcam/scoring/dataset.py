@@ -134,7 +134,7 @@ def make_loader(items: Iterable[Item], dataset: ScoringDataset, *, batch_size: i
     CPU, decoding at normal priority preempts the model's threads, and each preemption
     stalls the others at their next synchronisation; at the lowest priority the workers
     decode while the model waits for its next batch instead, which on 2 cores scored
-    ~15% more images per second (see the README's batch scoring benchmark).
+    10-15% more images per second (see the README's batch scoring benchmark).
     """
     return DataLoader(
         dataset,
