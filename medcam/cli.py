@@ -7,12 +7,25 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medcam import __version__
 from medcam.errors import MedcamError
 from medcam.runtime import retain_freed_memory
 
+if TYPE_CHECKING:  # the subcommands import what they need when they run: --help stays fast
+    from medcam.io import VOI
+
 __all__ = ["main"]
+
+
+def _voi(args: argparse.Namespace) -> VOI:
+    """The VOI step asked for: ``--window CENTER WIDTH`` when given, else ``--voi``."""
+    return (args.window[0], args.window[1]) if args.window else args.voi
+
+
+def _model_status(trained: bool, outputs: str = "outputs") -> str:
+    return "trained" if trained else f"UNTRAINED PLACEHOLDER - {outputs} are meaningless"
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -33,12 +46,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     classifier = Classifier(args.model, device=args.device)
     ckpt = classifier.checkpoint
-    status = "trained" if ckpt.trained else "UNTRAINED PLACEHOLDER - outputs are meaningless"
-    print(f"model {ckpt.model_id} ({status}); {ckpt.model.positive_class} flagged at "
+    print(f"model {ckpt.model_id} ({_model_status(ckpt.trained)}); {ckpt.model.positive_class} flagged at "
           f"p >= {ckpt.threshold:.3f}")
-    voi = tuple(args.window) if args.window else args.voi
     options = PredictOptions(out=Path(args.out), cam_class=args.cam_class, colour_map=args.colour_map,
-                             opacity=args.opacity, batch_size=args.batch_size, voi=voi)
+                             opacity=args.opacity, batch_size=args.batch_size, voi=_voi(args))
     records = predict(args.paths, classifier, options)
     width = max((len(Path(r.path).name) for r in records), default=10)
     for r in records:
@@ -59,12 +70,11 @@ def _score(args: argparse.Namespace) -> int:
     from medcam.models.predictor import Classifier
     from medcam.scoring import ScoreOptions, default_workers, score, score_ray
 
-    voi = tuple(args.window) if args.window else args.voi
     workers = default_workers() if args.workers is None else args.workers
     options = ScoreOptions(out=Path(args.out), cams=Path(args.cams) if args.cams else None,
                            regions=Path(args.regions) if args.regions else None,
                            region_formats=tuple(args.formats.split(",")),
-                           batch_size=args.batch_size, workers=workers, voi=voi)
+                           batch_size=args.batch_size, workers=workers, voi=_voi(args))
     if args.engine == "ray":
         ckpt = load_checkpoint(args.model)
     else:
@@ -72,8 +82,7 @@ def _score(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         classifier = Classifier(args.model, device=args.device)
         ckpt = classifier.checkpoint
-    status = "trained" if ckpt.trained else "UNTRAINED PLACEHOLDER - outputs are meaningless"
-    print(f"model {ckpt.model_id} ({status}); {ckpt.model.positive_class} flagged at "
+    print(f"model {ckpt.model_id} ({_model_status(ckpt.trained)}); {ckpt.model.positive_class} flagged at "
           f"p >= {ckpt.threshold:.3f}; engine {args.engine}")
     try:
         if args.engine == "ray":
@@ -99,11 +108,10 @@ def _export(args: argparse.Namespace) -> int:
     rule, value = parse_threshold(args.threshold)
     regions = RegionOptions(rule=rule, value=value, smoothing=args.smooth, min_area=args.min_area)
     options = ExportOptions(out=Path(args.out), cam_class=args.cam_class, formats=args.formats, regions=regions,
-                            batch_size=args.batch_size, voi=tuple(args.window) if args.window else args.voi)
+                            batch_size=args.batch_size, voi=_voi(args))
     classifier = Classifier(args.model, device=args.device)
     ckpt = classifier.checkpoint
-    status = "trained" if ckpt.trained else "UNTRAINED PLACEHOLDER - regions are meaningless"
-    print(f"model {ckpt.model_id} ({status}); regions: {regions.describe()}")
+    print(f"model {ckpt.model_id} ({_model_status(ckpt.trained, 'regions')}); regions: {regions.describe()}")
     records = export_images(args.paths, classifier, options)
     width = max((len(Path(r.path).name) for r in records), default=10)
     for r in records:
@@ -155,6 +163,18 @@ def _review(args: argparse.Namespace) -> int:
     return launch(config, host=args.host, port=args.port)
 
 
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
+
+
+def _add_display(p: argparse.ArgumentParser) -> None:
+    """``--voi`` and ``--window``: how DICOM pixels become the image (see :mod:`medcam.io.dicom`)."""
+    p.add_argument("--voi", choices=["auto", "lut", "window", "none"], default="auto",
+                   help="DICOM VOI step (default: auto = VOI LUT, else window, else percentiles)")
+    p.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"),
+                   help="DICOM window to use instead of the file's")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medcam", description=__doc__)
     parser.add_argument("--version", action="version", version=f"medcam {__version__}")
@@ -170,14 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Score DICOM, NIfTI, PNG or JPEG files (folders recursively).")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
     p.add_argument("--out", default="medcam-out", help="output folder (default: medcam-out)")
-    p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
+    _add_model(p)
     p.add_argument("--class", dest="cam_class", help="class whose map is overlaid (default: the positive class)")
     p.add_argument("--colour-map", "--colormap", default="jet", help="matplotlib colour map (default: jet)")
     p.add_argument("--opacity", type=float, default=0.5, help="overlay opacity in [0, 1] (default: 0.5)")
-    p.add_argument("--voi", choices=["auto", "lut", "window", "none"], default="auto",
-                   help="DICOM VOI step (default: auto = VOI LUT, else window, else percentiles)")
-    p.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"),
-                   help="DICOM window to use instead of the file's")
+    _add_display(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=_predict)
@@ -195,17 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also export the pneumonia regions of every flagged image here (as medcam export does)")
     p.add_argument("--formats", default="seg,sc,nifti,png,json",
                    help="formats of --regions (default: seg,sc,nifti,png,json)")
-    p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
+    _add_model(p)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     p.add_argument("--workers", type=int,
                    help="decoding processes (default: one per CPU core, up to 8; 0 decodes in the main process)")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int,
                    help="CPU threads of the model (default: torch's choice, all cores; the local engine)")
-    p.add_argument("--voi", choices=["auto", "lut", "window", "none"], default="auto",
-                   help="DICOM VOI step (default: auto = VOI LUT, else window, else percentiles)")
-    p.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"),
-                   help="DICOM window to use instead of the file's")
+    _add_display(p)
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help='local (default), or ray (pip install "medcam-screening[distributed]")')
     p.add_argument("--ray-address", metavar="ADDRESS",
@@ -220,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "annotation tools (DICOM, NIfTI, PNG or JPEG inputs; folders recursively).")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
     p.add_argument("--out", default="medcam-export", help="output folder (default: medcam-export)")
-    p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
+    _add_model(p)
     p.add_argument("--class", dest="cam_class", help="class whose map gives the regions, any case "
                    "(default: the positive class)")
     p.add_argument("--formats", default="all", help="comma-separated: seg,sc,nifti,png,json,csv (default: all)")
@@ -231,16 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Gaussian smoothing sigma in mm (pixels when the spacing is unknown; default 0: none)")
     p.add_argument("--min-area", type=float, default=0.0, metavar="AREA",
                    help="drop regions smaller than this, in mm^2 (pixels when the spacing is unknown)")
-    p.add_argument("--voi", choices=["auto", "lut", "window", "none"], default="auto",
-                   help="DICOM VOI step for the display image (default: auto)")
-    p.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"),
-                   help="DICOM window to use instead of the file's")
+    _add_display(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("evaluate", help="AUROC with CI, calibration and operating point on labelled data")
-    p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
+    _add_model(p)
     p.add_argument("--data", required=True, help="CSV (file,label[,patient_id]) or a folder per class")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=16)
@@ -248,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("model-card", help="write a model card from a checkpoint and its evaluations")
-    p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
+    _add_model(p)
     p.add_argument("--eval", nargs="+", default=[], metavar="SPLIT=DIR",
                    help="evaluation folders holding metrics.json, e.g. test=runs/eval-test")
     p.add_argument("--notes", help="markdown file with reviewer observations of the CAMs")
@@ -264,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this computer only; the app has no login)")
-    p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
+    _add_model(p)
     p.add_argument("--max-upload-mb", type=int, default=100, help="largest upload in MiB (default: 100)")
     p.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="largest image in pixels, folder or upload (default: 40000000)")
