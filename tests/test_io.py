@@ -232,6 +232,43 @@ def test_explicit_window_matches_file_window_and_narrow_window_saturates(
     assert narrow.display.endswith("window C=600 W=100")
 
 
+@pytest.mark.parametrize(("name", "voi"), [
+    ("CT_small.dcm", "auto"),  # signed, rescaled, windowed
+    ("CT_small.dcm", "none"),  # percentiles of Hounsfield units
+    ("CT_small.dcm", (40.0, 400.0)),
+    ("mlut_18.dcm", (32768.0, 65536.0)),  # modality LUT sequence on signed values
+    ("vlut_04.dcm", "auto"),  # VOI LUT sequence
+    ("MR_small.dcm", "auto"),
+    ("RG1_UNCR.dcm", "auto"),  # MONOCHROME1
+])
+def test_the_lookup_table_gives_exactly_the_pixels_of_the_steps_on_the_whole_image(
+    name: str, voi: object, testdata: DataPath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = testdata(name)
+    index, table = medcam.io.dicom._lookup(pixel_array(path))
+    assert index is not None and table.size < index.size  # the table is used for this file
+    fast = load_image(path, voi=voi)  # type: ignore[arg-type]
+    monkeypatch.setattr(medcam.io.dicom, "_lookup", lambda stored: (None, stored))
+    whole = load_image(path, voi=voi)  # type: ignore[arg-type]
+    assert fast.pixels.dtype == whole.pixels.dtype == np.float32
+    if voi == "none":  # percentiles from value counts: the same up to float64 rounding
+        np.testing.assert_allclose(fast.pixels, whole.pixels, rtol=0, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(fast.pixels, whole.pixels)
+    assert fast.display == whole.display
+
+
+def test_percentiles_from_value_counts_match_numpy_on_the_image() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        table = rng.normal(size=int(rng.integers(1, 60))) * 1000
+        table[::3] = np.round(table[::3])
+        index = rng.integers(0, table.size, size=int(rng.integers(1, 5000)))
+        q = [0.0, 0.5, float(rng.uniform(0, 100)), 99.5, 100.0]
+        np.testing.assert_allclose(medcam.io.dicom._percentiles(table, index, q),
+                                   np.percentile(table[index], q), rtol=1e-12, atol=1e-9)
+
+
 @pytest.mark.parametrize(("name", "voi"), [("CT_small.dcm", "window"), ("vlut_04.dcm", "window"),
                                            ("MR_small.dcm", "lut")])
 def test_asking_for_a_missing_voi_is_refused(name: str, voi: str, testdata: DataPath) -> None:
@@ -288,6 +325,21 @@ def test_jpeg_ls_decodes_the_same_with_every_installed_plugin(sample_data: Path)
     assert {"gdcm", "pyjpegls"} <= decoded.keys()
     for plugin, pixels in decoded.items():
         np.testing.assert_array_equal(pixels, decoded["gdcm"], err_msg=plugin)
+
+
+@pytest.mark.parametrize("name", ["MR_small_jp2klossless.dcm", "693_J2KR.dcm", "MR2_J2KI.dcm", "JPEG2000.dcm"])
+def test_jpeg_2000_lossless_and_lossy_decode_the_same_with_every_installed_plugin(
+    name: str, testdata: DataPath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # read_dicom prefers OpenJPEG (pylibjpeg) to GDCM, which spends more CPU on its threads
+    path = testdata(name)
+    preferred = read_dicom(path).pixels
+    decoded = _every_plugin(path)
+    assert {"gdcm", "pylibjpeg"} <= decoded.keys()
+    for plugin, pixels in decoded.items():
+        np.testing.assert_array_equal(pixels, decoded["gdcm"], err_msg=plugin)
+    monkeypatch.setattr(medcam.io.dicom, "_FAST_PLUGINS", {})
+    np.testing.assert_array_equal(preferred, read_dicom(path).pixels)
 
 
 # --- refusals ------------------------------------------------------------------------------------

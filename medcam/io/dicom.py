@@ -38,6 +38,8 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
     JPEGLSNearLossless,
@@ -59,7 +61,17 @@ _NON_IMAGE_PREFIXES = {
     "1.2.840.10008.5.1.4.1.1.88.": "a structured report",
     "1.2.840.10008.5.1.4.1.1.104.": "an encapsulated document",
 }
-_FAST_PLUGINS: dict[str, str] = {JPEGBaseline8Bit: "pillow", JPEGLSLossless: "pyjpegls", JPEGLSNearLossless: "pyjpegls"}
+# The decoder that spends the least CPU time on each syntax, where pydicom's first choice is
+# another (``benchmarks/bench_decode.py``): libjpeg-turbo and CharLS are several times faster
+# than GDCM; for JPEG 2000, GDCM's threads finish sooner but spend ~20% more CPU than
+# OpenJPEG on one, and batch scoring already keeps every core decoding.
+_FAST_PLUGINS: dict[str, str] = {
+    JPEGBaseline8Bit: "pillow",
+    JPEGLSLossless: "pyjpegls",
+    JPEGLSNearLossless: "pyjpegls",
+    JPEG2000Lossless: "pylibjpeg",
+    JPEG2000: "pylibjpeg",
+}
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT",
            "PALETTE COLOR", "ARGB", "CMYK", "HSV")
 
@@ -111,20 +123,14 @@ def read_dicom(path: str | Path, *, voi: VOI = "auto") -> Image:
         stored = _stored_pixels(ds)
     except Exception as err:  # decoders raise ValueError, RuntimeError, NotImplementedError ...
         raise UnsupportedInputError(path, _decode_reason(ds, err)) from err
-    modality = apply_modality_lut(stored, ds).astype(np.float64, copy=False)
-    if not np.isfinite(modality).all():
-        raise UnsupportedInputError(path, "pixel values are not finite (NaN or Inf)")
-    pixels, steps = _apply_voi(modality, ds, voi, path)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        pixels = 1.0 - pixels
-        steps.append("MONOCHROME1 inverted")
+    pixels, steps = _display(stored, ds, voi, path)
     header = copy.copy(ds)
     for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if tag in header:
             del header[tag]
     spacing = _spacing(ds)
     return Image(
-        pixels=pixels.astype(np.float32)[None],
+        pixels=pixels[None],
         path=str(path),
         format="dicom",
         spacing=spacing,
@@ -195,9 +201,9 @@ def _check_image(ds: Dataset, path: Path) -> None:
 def _stored_pixels(ds: Dataset) -> np.ndarray:
     """The stored pixel values, decoded by the fastest installed plugin for the transfer syntax.
 
-    pydicom tries GDCM first for JPEG baseline and JPEG-LS; libjpeg-turbo (Pillow) and CharLS
-    (pyjpegls) decode the same pixels several times faster (``benchmarks/bench_decode.py``).
-    When the preferred plugin is missing or fails, pydicom's own order decides.
+    pydicom tries GDCM first for JPEG baseline, JPEG-LS and JPEG 2000; see :data:`_FAST_PLUGINS`
+    for what is used instead. When the preferred plugin is missing or fails, pydicom's own
+    order decides.
     """
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     plugin = _FAST_PLUGINS.get(syntax)
@@ -224,7 +230,43 @@ def _decode_reason(ds: Dataset, err: Exception) -> str:
     return f"cannot decode the pixel data ({name}): {type(err).__name__}: {message}"
 
 
-def _apply_voi(values: np.ndarray, ds: Dataset, voi: VOI, path: Path) -> tuple[np.ndarray, list[str]]:
+def _display(stored: np.ndarray, ds: Dataset, voi: VOI, path: Path) -> tuple[np.ndarray, list[str]]:
+    """Stored values to display values in [0, 1] (float32): modality LUT, VOI, MONOCHROME1.
+
+    Each step maps every stored value on its own, so an integer image goes through a lookup
+    table: the steps run once on each value from the image's minimum to its maximum, and the
+    image indexes the result. The pixels are those of running the steps on every pixel (to
+    the bit, but for float64 rounding in the ``"none"`` VOI's percentiles), at a fraction of
+    the cost (``benchmarks/bench_decode.py``).
+    """
+    index, values = _lookup(stored)
+    modality = apply_modality_lut(values, ds).astype(np.float64, copy=False)
+    if not np.isfinite(modality).all():  # a table's extremes are the image's: the same answer
+        raise UnsupportedInputError(path, "pixel values are not finite (NaN or Inf)")
+    display, steps = _apply_voi(modality, ds, voi, path, index)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        display = 1.0 - display
+        steps.append("MONOCHROME1 inverted")
+    display = display.astype(np.float32)
+    return (display if index is None else display[index]), steps
+
+
+def _lookup(stored: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """``(index, table)`` with ``table[index] == stored`` for an integer image whose values
+    span no more entries than it has pixels; ``(None, stored)`` for any other."""
+    if stored.dtype.kind not in "iu" or stored.size == 0:
+        return None, stored
+    low, high = int(stored.min()), int(stored.max())
+    if high - low >= stored.size:
+        return None, stored
+    table = np.arange(low, high + 1, dtype=stored.dtype)
+    return (stored - stored.dtype.type(low)).astype(np.intp), table
+
+
+def _apply_voi(values: np.ndarray, ds: Dataset, voi: VOI, path: Path,
+               index: np.ndarray | None) -> tuple[np.ndarray, list[str]]:
+    """VOI on ``values``, scaled to [0, 1]: the image's values, or a table of them that the
+    image reads through ``index`` (for the ``"none"`` percentiles)."""
     steps = ["modality LUT" if "ModalityLUTSequence" in ds else
              f"rescale x{float(ds.get('RescaleSlope', 1)):g} {float(ds.get('RescaleIntercept', 0)):+g}"]
     has_lut = "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
@@ -250,7 +292,7 @@ def _apply_voi(values: np.ndarray, ds: Dataset, voi: VOI, path: Path) -> tuple[n
         source.WindowCenter, source.WindowWidth = center, width
         choice = "window"
     if choice == "none":
-        low, high = np.percentile(values, [0.5, 99.5])
+        low, high = np.percentile(values, [0.5, 99.5]) if index is None else _percentiles(values, index, [0.5, 99.5])
         steps.append("no VOI: 0.5-99.5 percentile range")
         return _unit(values, low, high), steps
     if choice == "lut":  # a LUT is indexed by integers
@@ -268,6 +310,22 @@ def _apply_voi(values: np.ndarray, ds: Dataset, voi: VOI, path: Path) -> tuple[n
     if not high > low:
         low, high = float(out.min()), float(out.max())
     return _unit(out, min(low, high), max(low, high)), steps
+
+
+def _percentiles(table: np.ndarray, index: np.ndarray, q: list[float]) -> np.ndarray:
+    """``np.percentile(table[index], q)`` without making ``table[index]``: the order statistics
+    come from a count of each table entry, interpolated linearly as numpy's default method
+    is. The same to within float64 rounding (numpy orders the arithmetic differently)."""
+    counts = np.bincount(index.ravel(), minlength=table.size)
+    order = np.argsort(table, kind="stable")
+    ranked = table[order]
+    through = np.cumsum(counts[order])  # pixels with a value at or below each ranked entry
+    position = np.asarray(q, dtype=np.float64) / 100 * (through[-1] - 1)
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, through[-1] - 1)
+    low = ranked[np.searchsorted(through, below, side="right")]
+    high = ranked[np.searchsorted(through, above, side="right")]
+    return low + (high - low) * (position - below)
 
 
 def _window_values(ds: Dataset) -> tuple[float, float]:
