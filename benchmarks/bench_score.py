@@ -7,9 +7,11 @@ One run:
    turn (explicit VR little endian, RLE, JPEG-LS lossless, JPEG 2000 lossless, deflated), in
    folders of ``--n`` files;
 2. (a) plain forward: the first ``--n`` files decoded and prepared into memory first, then only
-   ``network(x)`` of the checkpoint's network is timed, batch by batch; with the allocator
-   setting that ``medcam`` uses (:mod:`medcam.runtime`), and once more in a fresh process
-   with glibc's defaults (``MEDCAM_MALLOC=system``) to show what that setting is worth;
+   ``network(x)`` of the checkpoint's network is timed, batch by batch, in the memory layout
+   that ``medcam`` serves in (channels-last on the CPU, :func:`medcam.models.serving_memory_format`)
+   and with its allocator setting (:mod:`medcam.runtime`); then (a0) in a fresh process with
+   glibc's defaults (``MEDCAM_MALLOC=system``), and (a1) in PyTorch's default NCHW layout, to
+   show what each setting is worth;
 3. (b) ``medcam.scoring.score`` on the same ``--n`` files, in this process: discovery, decoding
    workers, the single-pass CAM model, durable CSV appends, the per-study file;
 4. the ratio (b) / (a), target >= 0.9; (a) is timed before and after (b) and averaged, so that
@@ -134,9 +136,14 @@ def forward_with_glibc_defaults(model: str, n: int, size: int, batch_size: int) 
     return float(result.stdout.split()[-1])
 
 
-def plain_forward(classifier: Classifier, x: torch.Tensor, batch_size: int) -> float:
-    """Images/s of ``network(x)`` alone, batch by batch, after one warm-up batch."""
-    network = classifier.checkpoint.network
+def plain_forward(classifier: Classifier, x: torch.Tensor, batch_size: int,
+                  memory_format: torch.memory_format | None = None) -> float:
+    """Images/s of ``network(x)`` alone, batch by batch, after one warm-up batch, with the
+    network and its inputs in the layout that :class:`Classifier` serves in (channels-last
+    on the CPU) unless ``memory_format`` says otherwise."""
+    memory_format = memory_format or classifier.memory_format
+    network = copy.deepcopy(classifier.checkpoint.network).to(memory_format=memory_format)
+    x = x.contiguous(memory_format=memory_format)
     with torch.inference_mode():
         network(x[:batch_size])
         start = time.perf_counter()
@@ -244,6 +251,10 @@ def main() -> None:
         default = forward_with_glibc_defaults(model, len(files), classifier.checkpoint.preprocess.size,
                                               args.batch_size)
         print(f"(a0) plain forward with glibc's allocator defaults, fresh process: {default:.2f} images/s")
+        if classifier.memory_format != torch.contiguous_format:
+            nchw = plain_forward(classifier, x, args.batch_size, torch.contiguous_format)
+            print(f"(a1) plain forward in the default NCHW layout, not {classifier.memory_format}: "
+                  f"{nchw:.2f} images/s")
         forward, end_to_end = compare(classifier, x, small, work / "results.csv", args.batch_size, args.workers)
         print(f"the allocator setting: plain forward (a)/(a0) {forward / default:.2f}x; "
               f"medcam score (b)/(a0) {end_to_end / default:.2f}x")

@@ -20,6 +20,7 @@ from medcam.config import ModelConfig, PreprocessConfig
 from medcam.errors import CheckpointError, UnsupportedModelError
 from medcam.models import (
     CAMMethod,
+    Classifier,
     GradCAM,
     GradCAMpp,
     GridTransform,
@@ -123,6 +124,25 @@ def test_single_pass_batch_independence_under_inference_mode(densenet2d: nn.Modu
     for i, single in enumerate(alone):
         torch.testing.assert_close(single.maps, batch.maps[i:i + 1], atol=1e-5, rtol=0)
         torch.testing.assert_close(single.logits, batch.logits[i:i + 1], atol=1e-5, rtol=0)
+
+
+def test_served_classifier_runs_channels_last_on_cpu_with_the_same_outputs(
+    tmp_path: Path, densenet2d: nn.Module
+) -> None:
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, densenet2d, ModelConfig(), PreprocessConfig(size=64))
+    classifier = Classifier(str(path))
+    conv = next(m for m in classifier.cam.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1
+                and m.kernel_size != (1, 1))
+    assert classifier.memory_format == torch.channels_last
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()  # really converted, not a 1x1 layout that is both
+    x = _images((64, 64), batch=3)
+    served = classifier.forward(x)
+    with torch.inference_mode():
+        plain = convert_to_cam(densenet2d)(x)
+    torch.testing.assert_close(served.logits, plain.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(served.maps, plain.maps, atol=1e-5, rtol=0)
 
 
 def test_single_pass_equals_monai_cam(densenet2d: nn.Module) -> None:
