@@ -4,8 +4,8 @@ One run:
 
 1. makes ``--n-large`` DICOMs from ``sample_data/dicom/RG1_UNCR.dcm`` (CR chest, 15-bit,
    MONOCHROME1), resized to ``--size`` px, each with new UIDs, in five transfer syntaxes in
-   turn (explicit VR little endian, RLE, JPEG-LS lossless, JPEG 2000 lossless, deflated), in
-   folders of ``--n`` files;
+   turn (explicit VR little endian, RLE, JPEG-LS lossless, JPEG 2000 lossless, deflated;
+   ``--syntaxes`` chooses others), in folders of ``--n`` files;
 2. (a) plain forward: the first ``--n`` files decoded and prepared into memory first, then only
    ``network(x)`` of the checkpoint's network is timed, batch by batch, in the memory layout
    that ``medcam`` serves in (channels-last on the CPU, :func:`medcam.models.serving_memory_format`)
@@ -36,6 +36,7 @@ the cost); the output says which.
     python benchmarks/bench_score.py                          # 1,000 files; RSS 1,000 vs 5,000
     python benchmarks/bench_score.py --n 200 --n-large 1000   # quick
     python benchmarks/bench_score.py --trace                  # and the RSS trace of a 5,000-file run
+    python benchmarks/bench_score.py --n-large 0 --syntaxes j2k   # throughput on JPEG 2000 alone
 """
 
 from __future__ import annotations
@@ -73,25 +74,26 @@ from medcam.scoring import ScoreOptions, default_workers, score
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "sample_data" / "dicom" / "RG1_UNCR.dcm"
-SYNTAXES = {  # transfer syntax -> encoding plugin
-    ExplicitVRLittleEndian: None,
-    RLELossless: "pylibjpeg",
-    JPEGLSLossless: "pyjpegls",
-    JPEG2000Lossless: "pylibjpeg",
-    DeflatedExplicitVRLittleEndian: None,
+SYNTAXES = {  # name -> transfer syntax, encoding plugin
+    "explicit": (ExplicitVRLittleEndian, None),
+    "rle": (RLELossless, "pylibjpeg"),
+    "jpegls": (JPEGLSLossless, "pyjpegls"),
+    "j2k": (JPEG2000Lossless, "pylibjpeg"),
+    "deflate": (DeflatedExplicitVRLittleEndian, None),
 }
 _PEAK_RSS = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
              "stdout=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
 
 
-def make_dicoms(folder: Path, n: int, per_folder: int, size: int) -> None:
-    """``n`` files in folders of ``per_folder``, cycling through :data:`SYNTAXES`; 4 images a study."""
+def make_dicoms(folder: Path, n: int, per_folder: int, size: int, syntaxes: list[str]) -> None:
+    """``n`` files in folders of ``per_folder``, cycling through ``syntaxes`` (names in
+    :data:`SYNTAXES`); 4 images a study."""
     ds = pydicom.dcmread(SOURCE)
     pixels = cv2.resize(ds.pixel_array, (size, size), interpolation=cv2.INTER_AREA)
     ds.Rows, ds.Columns = size, size
     ds.PixelData = pixels.astype(np.uint16).tobytes()
     templates = []
-    for syntax, plugin in SYNTAXES.items():
+    for syntax, plugin in (SYNTAXES[name] for name in syntaxes):
         t = copy.deepcopy(ds)
         if plugin is None:
             t.file_meta.TransferSyntaxUID = syntax
@@ -212,6 +214,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="files for throughput and the small RSS run")
     parser.add_argument("--n-large", type=int, default=5000, help="files for the large RSS run (0: skip)")
     parser.add_argument("--size", type=int, default=512, help="rows = columns of the DICOMs made")
+    parser.add_argument("--syntaxes", type=lambda v: v.split(","), default=list(SYNTAXES),
+                        help=f"transfer syntaxes of the files made, in turn (default: {','.join(SYNTAXES)})")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--rss-repeats", type=int, default=3, help="runs of each size for peak RSS")
@@ -222,6 +226,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.n_large and args.n_large < args.n:
         parser.error("--n-large must be at least --n")
+    if unknown := set(args.syntaxes) - set(SYNTAXES):
+        parser.error(f"unknown --syntaxes {', '.join(sorted(unknown))}; choose from {', '.join(SYNTAXES)}")
     retained = retain_freed_memory()
     if args.forward_only:  # the child of forward_with_glibc_defaults: random inputs cost the same
         classifier = Classifier(args.model)
@@ -232,11 +238,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         total = max(args.n, args.n_large)
-        data = work / f"dicom_{args.size}px_{total}_by_{args.n}"
+        mix = "" if args.syntaxes == list(SYNTAXES) else "_" + "-".join(args.syntaxes)
+        data = work / f"dicom_{args.size}px_{total}_by_{args.n}{mix}"
         if sum(1 for p in data.rglob("*") if p.is_file()) < total:
             start = time.perf_counter()
-            make_dicoms(data, total, args.n, args.size)
-            print(f"made {total} DICOMs ({args.size}x{args.size}, 5 transfer syntaxes) in "
+            make_dicoms(data, total, args.n, args.size, args.syntaxes)
+            print(f"made {total} DICOMs ({args.size}x{args.size}, {', '.join(args.syntaxes)}) in "
                   f"{time.perf_counter() - start:.0f} s")
         small = data / "part000"
         files = sorted(small.iterdir())[:args.n]
