@@ -16,7 +16,7 @@ import yaml
 
 from medcam.errors import ConfigError
 
-__all__ = ["Config", "DataConfig", "ModelConfig", "PreprocessConfig", "TrainConfig", "load_config"]
+__all__ = ["Config", "DataConfig", "DatasetConfig", "ModelConfig", "PreprocessConfig", "TrainConfig", "load_config"]
 
 ARCHITECTURES = ("densenet121", "resnet18", "resnet50", "seresnet50", "efficientnet-b0")
 RESIZE_MODES = ("stretch", "letterbox")
@@ -62,15 +62,46 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Training data: a CSV (``file,label[,patient_id]``) or a folder with one folder per class.
+class DatasetConfig:
+    """One labelled source of a multi-population run.
 
-    Patients are split into train / validation (early stopping, calibration, threshold) /
-    test (reported only). Relative paths are resolved against the config file's folder;
-    ``subsample`` keeps that many images (for a quick run).
+    Attributes:
+        name: the population it stands for (``pediatric``, ``adult`` ...); metrics are
+            reported per population.
+        source: a CSV (``file,label[,patient_id][,view]``) or a folder with one folder per class.
+        weight: this population's share of every training epoch, relative to the others.
+        balance: the CSV columns whose combinations are sampled equally often within the
+            population (``label`` balances the classes; ``[label, view]`` also keeps a view
+            that is confounded with the label from carrying the prediction).
+    """
+
+    name: str = ""
+    source: str = ""
+    weight: float = 1.0
+    balance: tuple[str, ...] = ("label",)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.source:
+            raise ConfigError(f"data.sources: every entry needs a name and a source, got {self!r}")
+        if not self.weight > 0:
+            raise ConfigError(f"data.sources[{self.name}].weight must be positive, got {self.weight!r}")
+        for column in self.balance:
+            _choice(f"data.sources[{self.name}].balance", column, ("label", "view"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training data: one ``source`` or several populations in ``sources``.
+
+    A source is a CSV (``file,label[,patient_id]``) or a folder with one folder per class.
+    Each population's patients are split on their own into train / validation (early
+    stopping, calibration, threshold) / test (reported only). Relative paths are resolved
+    against the config file's folder; ``subsample`` keeps that many images per population
+    (for a quick run).
     """
 
     source: str = ""
+    sources: tuple[DatasetConfig, ...] = ()
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     subsample: int | None = None
@@ -80,6 +111,23 @@ class DataConfig:
             value = getattr(self, name)
             if not 0 < value < 0.5:
                 raise ConfigError(f"data.{name} must be in (0, 0.5), got {value!r}")
+        if self.source and self.sources:
+            raise ConfigError("data: give either source or sources, not both")
+        entries = tuple(
+            e if isinstance(e, DatasetConfig) else _build(DatasetConfig, e, "data.sources")
+            for e in self.sources
+        )
+        object.__setattr__(self, "sources", entries)
+        names = [e.name for e in entries]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.sources: population names must be distinct, got {names}")
+
+    @property
+    def datasets(self) -> tuple[DatasetConfig, ...]:
+        """The populations of the run; a single ``source`` is one population named ``all``."""
+        if self.sources:
+            return self.sources
+        return (DatasetConfig("all", self.source),) if self.source else ()
 
 
 @dataclass(frozen=True)
@@ -87,7 +135,10 @@ class TrainConfig:
     """Optimisation, augmentation, early stopping and the CPU speed-ups used.
 
     ``target_sensitivity``: the operating threshold is the highest one reaching this
-    sensitivity on the validation split (a screening operating point).
+    sensitivity on the validation split of every population (a screening operating point).
+    ``samples_per_epoch``: images drawn (with replacement, see ``data.sources``) per epoch;
+    by default the size of the training split. ``init_from``: a medcam checkpoint whose
+    weights start the run, checked against ``init_model_id``; relative to the config file.
     """
 
     epochs: int = 30
@@ -101,6 +152,17 @@ class TrainConfig:
     channels_last: bool = True
     augment: bool = True
     target_sensitivity: float = 0.95
+    label_smoothing: float = 0.0
+    samples_per_epoch: int | None = None
+    init_from: str = ""
+    init_model_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"train.label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
+        if self.init_from and not self.init_model_id:
+            raise ConfigError("train.init_from needs train.init_model_id (the model id the run starts from), "
+                              "so that the run is reproducible")
 
 
 @dataclass(frozen=True)
@@ -138,10 +200,17 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
     config = Config.from_dict(raw or {}, path=str(path))
-    if config.data.source and not Path(config.data.source).is_absolute():
-        source = str((path.parent / config.data.source).resolve())
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=source))
-    return config
+
+    def resolve(value: str) -> str:
+        return value if not value or Path(value).is_absolute() else str((path.parent / value).resolve())
+
+    data = dataclasses.replace(
+        config.data, source=resolve(config.data.source),
+        sources=tuple(dataclasses.replace(e, source=resolve(e.source)) for e in config.data.sources))
+    train = config.train
+    if train.init_from and train.init_from != "bundled":
+        train = dataclasses.replace(train, init_from=resolve(train.init_from))
+    return dataclasses.replace(config, data=data, train=train)
 
 
 _T = TypeVar("_T")
@@ -153,6 +222,8 @@ def _build(section_cls: type[_T], raw: dict[str, Any], where: str) -> _T:
     fields = {f.name: f for f in dataclasses.fields(section_cls)}  # type: ignore[arg-type]
     _unknown(where, "", raw, fields)
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    if "sources" in values and not all(isinstance(e, dict) for e in values["sources"]):
+        raise ConfigError(f"{where}: sources must be a list of mappings (name, source, weight, balance)")
     try:
         return section_cls(**values)
     except TypeError as err:

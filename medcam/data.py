@@ -1,7 +1,7 @@
 """Labelled image lists: read from a CSV or a folder per class, split by patient.
 
-A CSV has the columns ``file,label[,patient_id]`` (paths relative to the CSV; ``label`` a
-class index or a class name). A folder holds one sub-folder per class, named as the class.
+A CSV has the columns ``file,label[,patient_id][,population][,view]`` (paths relative to
+the CSV; ``label`` a class index or a class name). A folder holds one sub-folder per class, named as the class.
 Any file :func:`medcam.io.load_image` reads is accepted.
 """
 
@@ -24,22 +24,30 @@ __all__ = ["Sample", "data_hash", "read_samples", "split_by_patient", "write_sam
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled file; ``patient_id`` groups images of one person (the file when unknown)."""
+    """One labelled file; ``patient_id`` groups images of one person (the file when unknown).
+
+    ``population`` names the data set it came from (``pediatric``, ``adult``); ``view`` is the
+    projection (``PA``, ``AP``) when the data says it.
+    """
 
     path: str
     label: int
     patient_id: str
+    population: str = ""
+    view: str = ""
 
 
-def read_samples(source: str | Path, classes: Sequence[str]) -> list[Sample]:
+def read_samples(source: str | Path, classes: Sequence[str], population: str = "") -> list[Sample]:
     """The labelled files of a CSV or a class-folder tree.
+
+    ``population`` names them when the CSV has no ``population`` column.
 
     Raises:
         ConfigError: the source is missing, a label is unknown, or a listed file is absent.
     """
     source = Path(source)
     if source.is_dir():
-        return _from_folders(source, classes)
+        return _from_folders(source, classes, population)
     if not source.is_file():
         raise ConfigError(f"{source}: no such data CSV or folder")
     samples = []
@@ -53,7 +61,8 @@ def read_samples(source: str | Path, classes: Sequence[str]) -> list[Sample]:
             if not path.is_file():
                 raise ConfigError(f"{source}, line {line}: {row['file']} does not exist")
             label = _label(row["label"], classes, f"{source}, line {line}")
-            samples.append(Sample(str(path), label, row.get("patient_id") or str(path)))
+            samples.append(Sample(str(path), label, row.get("patient_id") or str(path),
+                                  row.get("population") or population, (row.get("view") or "").upper()))
     return samples
 
 
@@ -61,12 +70,12 @@ def write_samples(path: str | Path, samples: Sequence[Sample], classes: Sequence
     """Write ``samples`` as a CSV that :func:`read_samples` reads back (absolute paths)."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "label", "label_name", "patient_id"])
+        writer.writerow(["file", "label", "label_name", "patient_id", "population", "view"])
         for s in samples:
-            writer.writerow([s.path, s.label, classes[s.label], s.patient_id])
+            writer.writerow([s.path, s.label, classes[s.label], s.patient_id, s.population, s.view])
 
 
-def _from_folders(root: Path, classes: Sequence[str]) -> list[Sample]:
+def _from_folders(root: Path, classes: Sequence[str], population: str) -> list[Sample]:
     samples = []
     folders = {p.name.upper(): p for p in root.iterdir() if p.is_dir()}
     for label, name in enumerate(classes):
@@ -75,7 +84,7 @@ def _from_folders(root: Path, classes: Sequence[str]) -> list[Sample]:
             raise ConfigError(f"{root}: no folder for class {name!r} (found {', '.join(folders) or 'none'})")
         for path in sorted(folder.rglob("*")):
             if path.is_file() and detect_format(path) is not None:
-                samples.append(Sample(str(path.resolve()), label, str(path.resolve())))
+                samples.append(Sample(str(path.resolve()), label, str(path.resolve()), population))
     return samples
 
 

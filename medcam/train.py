@@ -1,5 +1,11 @@
 """``medcam train``: train a classifier from a config, resumable, with early stopping.
 
+Several populations (``data.sources``) are split by patient each on its own, sampled by
+their weights with their classes (and optionally views) balanced, and validated each on
+its own: early stopping follows the lowest per-population AUROC, so that the weaker
+population is protected, and the operating threshold reaches the target sensitivity in
+every population's validation split.
+
 The run folder receives ``train.csv``/``val.csv``/``test.csv`` (the patient-disjoint split),
 ``last.pt`` (the full training state, written atomically after every epoch; a new run with
 the same folder resumes from it, and only ``train.epochs`` may differ), ``best.pt`` (the
@@ -9,10 +15,12 @@ split, with its operating threshold and metadata) and ``history.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,20 +33,21 @@ from monai.transforms import Compose, Lambda, RandAdjustContrastd, RandAffined, 
 from monai.utils import convert_to_tensor
 from sklearn.metrics import roc_auc_score
 from torch import nn
+from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
 import medcam
-from medcam.calibration import fit_temperature, screening_threshold
+from medcam.calibration import expected_calibration_error, fit_temperature, screening_threshold
 from medcam.config import Config
 from medcam.data import Sample, data_hash, read_samples, split_by_patient, write_samples
 from medcam.errors import ConfigError
 from medcam.files import atomic_open
 from medcam.io import load_image
-from medcam.models.checkpoint import save_checkpoint
+from medcam.models.checkpoint import load_checkpoint, save_checkpoint
 from medcam.models.networks import build_network
-from medcam.models.predictor import resize, standardise
+from medcam.models.preprocess import resize, standardise
 
-__all__ = ["train"]
+__all__ = ["sampling_weights", "train"]
 
 
 def _load_resized(config: Config) -> Lambda:
@@ -81,6 +90,65 @@ def _dataset(samples: Sequence[Sample], config: Config, train: bool) -> CacheDat
                         num_workers=config.train.num_workers, progress=False)
 
 
+def _read_populations(config: Config) -> list[Sample]:
+    samples: list[Sample] = []
+    rng = np.random.default_rng(config.train.seed)
+    for dataset in config.data.datasets:
+        part = read_samples(dataset.source, config.model.classes, dataset.name)
+        part = [s if s.population else dataclasses.replace(s, population=dataset.name) for s in part]
+        if config.data.subsample and config.data.subsample < len(part):
+            part = [part[i] for i in sorted(rng.choice(len(part), config.data.subsample, replace=False))]
+        samples += part
+    return samples
+
+
+def _split(samples: Sequence[Sample], config: Config) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Each population split by patient on its own, so that every one has validation and test images."""
+    val_frac, test_frac = config.data.val_fraction, config.data.test_fraction
+    parts: tuple[list[Sample], list[Sample], list[Sample]] = ([], [], [])
+    for name in dict.fromkeys(s.population for s in samples):
+        population = [s for s in samples if s.population == name]
+        split = split_by_patient(population, [1 - val_frac - test_frac, val_frac, test_frac], config.train.seed)
+        for whole, part in zip(parts, split, strict=True):
+            whole += part
+    return parts
+
+
+def sampling_weights(samples: Sequence[Sample], config: Config) -> torch.Tensor:
+    """Per-sample weights: each population its configured share, equal shares for its strata.
+
+    A stratum is a combination of the population's ``balance`` columns (label, view), so
+    that with ``[label, view]`` a PA pneumonia film is drawn as often as an AP normal one.
+    """
+    datasets = {d.name: d for d in config.data.datasets}
+    total = sum(datasets[name].weight for name in {s.population for s in samples})
+
+    def stratum(s: Sample) -> tuple[str, ...]:
+        return (s.population, *(str(s.label) if c == "label" else s.view for c in datasets[s.population].balance))
+
+    counts = Counter(stratum(s) for s in samples)
+    strata_per_population = Counter(key[0] for key in counts)
+    return torch.tensor([
+        datasets[s.population].weight / total / strata_per_population[s.population] / counts[stratum(s)]
+        for s in samples
+    ], dtype=torch.double)
+
+
+def _population_aurocs(probs: np.ndarray, labels: np.ndarray, populations: np.ndarray) -> dict[str, float]:
+    return {str(name): float(roc_auc_score(labels[populations == name], probs[populations == name]))
+            for name in dict.fromkeys(populations.tolist())}
+
+
+def _initial_weights(config: Config) -> dict[str, torch.Tensor] | None:
+    if not config.train.init_from:
+        return None
+    checkpoint = load_checkpoint(config.train.init_from)
+    if checkpoint.model_id != config.train.init_model_id:
+        raise ConfigError(f"train.init_from {config.train.init_from} is {checkpoint.model_id}, "
+                          f"not train.init_model_id {config.train.init_model_id}")
+    return checkpoint.network.state_dict()
+
+
 def _relative(path: str | None) -> str:
     """``path`` relative to the working folder when it lies below it (no home folders in metadata)."""
     if not path:
@@ -119,30 +187,34 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     classes = config.model.classes
-    if not config.data.source:
-        raise ConfigError(f"{config.path or 'config'}: data.source is not set")
+    if not config.data.datasets:
+        raise ConfigError(f"{config.path or 'config'}: neither data.source nor data.sources is set")
     torch.manual_seed(config.train.seed)
-    samples = read_samples(config.data.source, classes)
-    if config.data.subsample and config.data.subsample < len(samples):
-        rng = np.random.default_rng(config.train.seed)
-        samples = [samples[i] for i in sorted(rng.choice(len(samples), config.data.subsample, replace=False))]
-    val_frac, test_frac = config.data.val_fraction, config.data.test_fraction
-    train_set, val_set, test_set = split_by_patient(
-        samples, [1 - val_frac - test_frac, val_frac, test_frac], config.train.seed)
+    samples = _read_populations(config)
+    train_set, val_set, test_set = _split(samples, config)
     for name, part in (("train", train_set), ("val", val_set), ("test", test_set)):
         write_samples(out / f"{name}.csv", part, classes)
-    log(f"{len(samples)} images of {len({s.patient_id for s in samples})} patients: "
-        f"train {len(train_set)}, val {len(val_set)}, test {len(test_set)} (patient-disjoint)")
+    for population in dict.fromkeys(s.population for s in samples):
+        sizes = [sum(s.population == population for s in part) for part in (train_set, val_set, test_set)]
+        patients = len({s.patient_id for s in samples if s.population == population})
+        log(f"{population}: {sum(sizes)} images of {patients} patients: train {sizes[0]}, "
+            f"val {sizes[1]}, test {sizes[2]} (patient-disjoint)")
 
     model = build_network(config.model)
+    initial = _initial_weights(config)
+    if initial is not None:
+        model.load_state_dict(initial)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.train.lr,
                                   weight_decay=config.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.train.epochs)
-    counts = np.bincount([s.label for s in train_set], minlength=len(classes))
-    weights = torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
-    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    # the sampler balances populations and classes, so the loss needs no class weights
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
+    weights = sampling_weights(train_set, config)
+    samples_per_epoch = config.train.samples_per_epoch or len(train_set)
+    positive = classes.index(config.model.positive_class)
+    val_populations = np.array([s.population for s in val_set])
 
     state_path = out / "last.pt"
     history: list[dict[str, float]] = []
@@ -171,8 +243,9 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
             break
         monai.utils.set_determinism(seed=config.train.seed + epoch)
         generator = torch.Generator().manual_seed(config.train.seed + epoch)
-        loader = DataLoader(train_ds, batch_size=config.train.batch_size, shuffle=True,
-                            generator=generator, num_workers=0, drop_last=True)
+        sampler = WeightedRandomSampler(weights.tolist(), samples_per_epoch, replacement=True, generator=generator)
+        loader = DataLoader(train_ds, batch_size=config.train.batch_size, sampler=sampler,
+                            num_workers=0, drop_last=True)
         model.train()
         tick, total, seen = time.time(), 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", unit="batch", leave=False)
@@ -190,17 +263,19 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
             bar.set_postfix(loss=f"{total / seen:.4f}", img_s=f"{seen / (time.time() - tick):.1f}")
         scheduler.step()
         logits, labels = _evaluate(model, val_loader, config, bf16=config.train.bf16)
-        positive = classes.index(config.model.positive_class)
         probs = torch.softmax(torch.from_numpy(logits), -1)[:, positive].numpy()
-        auc = float(roc_auc_score(labels == positive, probs))
+        aurocs = _population_aurocs(probs, labels == positive, val_populations)
+        auc = min(aurocs.values())  # the weaker population decides
         row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_auroc": auc,
+               **{f"val_auroc_{name}": value for name, value in aurocs.items()},
                "lr": float(scheduler.get_last_lr()[0]), "seconds": time.time() - tick}
         history.append(row)
         improved = auc > best_auc
         if improved:
             best_auc, best_epoch = auc, epoch
             _atomic_save({"model": model.state_dict()}, out / "best_weights.pt")
-        log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, validation AUROC {auc:.4f}"
+        per_population = ", ".join(f"{name} {value:.4f}" for name, value in aurocs.items())
+        log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, validation AUROC {per_population}"
             f"{' (best)' if improved else ''}, {row['seconds']:.0f} s")
         _atomic_save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
                       "scheduler": scheduler.state_dict(), "epoch": epoch, "best_auc": best_auc,
@@ -211,10 +286,19 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
     model.load_state_dict(torch.load(out / "best_weights.pt", weights_only=True)["model"])
     # calibrate in float32, as the model is served, so that the threshold holds at inference
     logits, labels = _evaluate(model, val_loader, config, bf16=False)
-    positive = classes.index(config.model.positive_class)
     temperature = fit_temperature(logits, labels)
     probs = torch.softmax(torch.from_numpy(logits) / temperature, -1)[:, positive].numpy()
-    threshold = screening_threshold(probs, labels == positive, config.train.target_sensitivity)
+    # one threshold for everyone: the lowest of the populations' screening thresholds
+    threshold = min(
+        screening_threshold(probs[val_populations == name], labels[val_populations == name] == positive,
+                            config.train.target_sensitivity)
+        for name in dict.fromkeys(val_populations.tolist()))
+    calibration = {
+        str(name): {"ece": expected_calibration_error(probs[val_populations == name],
+                                                      labels[val_populations == name] == positive),
+                    "sensitivity": float(np.mean(probs[(val_populations == name) & (labels == positive)] >= threshold)),
+                    "specificity": float(np.mean(probs[(val_populations == name) & (labels != positive)] < threshold))}
+        for name in dict.fromkeys(val_populations.tolist())}
     best = out / "best.pt"
     model_id = save_checkpoint(
         best, model.to(memory_format=torch.contiguous_format),  # type: ignore[call-overload]
@@ -223,11 +307,14 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
         extra={
             "config": config.to_dict(),
             "config_path": _relative(config.path),
-            "data": {"source": config.data.source, "sha256": data_hash(samples),
+            "data": {"sources": {d.name: _relative(d.source) for d in config.data.datasets},
+                     "sha256": data_hash(samples),
+                     "populations": sorted({s.population for s in samples}),
                      "n_train": len(train_set), "n_val": len(val_set), "n_test": len(test_set),
                      "n_patients": len({s.patient_id for s in samples})},
             "training": {"best_epoch": best_epoch + 1, "epochs_run": len(history),
                          "val_auroc": best_auc, "seconds": time.time() - started,
+                         "init_model_id": config.train.init_model_id, "validation": calibration,
                          "history": history, "device": platform.processor() or platform.machine(),
                          "threads": torch.get_num_threads()},
             "versions": {"medcam": medcam.__version__, "torch": torch.__version__,

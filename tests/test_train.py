@@ -16,7 +16,7 @@ from medcam.config import Config, DataConfig, PreprocessConfig, TrainConfig, loa
 from medcam.data import read_samples, split_by_patient
 from medcam.errors import ConfigError
 from medcam.models import load_checkpoint
-from medcam.train import train
+from medcam.train import sampling_weights, train
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,76 @@ def test_shipped_config_loads() -> None:
     config = load_config(Path(__file__).parents[1] / "configs" / "pneumonia_densenet121.yaml")
     assert config.model.classes == ("NORMAL", "PNEUMONIA")
     assert config.data.source.endswith("labels.csv")
+
+
+def _two_populations(toy_csv: Path, tmp_path: Path) -> Config:
+    """The toy set as two populations; the second has a view column confounded with the label."""
+    second = tmp_path / "second.csv"
+    with open(toy_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(second, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "label", "patient_id", "view"])
+        for i, row in enumerate(rows):
+            view = "PA" if (row["label"] == "1") == (i % 5 != 0) else "AP"  # 80% confounded
+            writer.writerow([str(toy_csv.parent / row["file"]), row["label"], "b" + row["patient_id"], view])
+    raw = {
+        "preprocess": {"size": 64},
+        "data": {"sources": [{"name": "children", "source": str(toy_csv), "weight": 1.0},
+                             {"name": "adults", "source": str(second), "weight": 3.0,
+                              "balance": ["label", "view"]}],
+                 "val_fraction": 0.25, "test_fraction": 0.25},
+        "train": {"epochs": 1, "batch_size": 8, "num_workers": 0, "samples_per_epoch": 16,
+                  "label_smoothing": 0.1, "target_sensitivity": 0.9},
+    }
+    return Config.from_dict(raw)
+
+
+def test_sampling_balances_populations_classes_and_views(toy_csv: Path, tmp_path: Path) -> None:
+    config = _two_populations(toy_csv, tmp_path)
+    samples = [*read_samples(config.data.sources[0].source, config.model.classes, "children"),
+               *read_samples(config.data.sources[1].source, config.model.classes, "adults")]
+    weights = sampling_weights(samples, config).numpy()
+    share = {name: weights[[s.population == name for s in samples]].sum() for name in ("children", "adults")}
+    assert share["adults"] == pytest.approx(0.75) and share["children"] == pytest.approx(0.25)
+    adult_cells: dict[tuple[int, str], float] = {}
+    for s, w in zip(samples, weights, strict=True):
+        if s.population == "adults":
+            adult_cells[(s.label, s.view)] = adult_cells.get((s.label, s.view), 0.0) + w
+    assert len(adult_cells) == 4
+    assert np.allclose(list(adult_cells.values()), 0.75 / 4)
+
+
+def test_multi_population_run_reports_each_population(toy_csv: Path, tmp_path: Path) -> None:
+    config = _two_populations(toy_csv, tmp_path)
+    train(config, tmp_path / "run", log=lambda _: None)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert {"val_auroc_children", "val_auroc_adults"} <= set(history[0])
+    assert history[0]["val_auroc"] == min(history[0]["val_auroc_children"], history[0]["val_auroc_adults"])
+    with open(tmp_path / "run" / "val.csv", newline="") as f:
+        val = list(csv.DictReader(f))
+    assert {row["population"] for row in val} == {"children", "adults"}
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    validation = ckpt.metadata["training"]["validation"]
+    assert set(validation) == {"children", "adults"}
+    for metrics in validation.values():  # one threshold meets the target in every population
+        assert metrics["sensitivity"] >= 0.9
+
+
+def test_init_from_checks_the_model_id(toy_csv: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="init_model_id"):
+        TrainConfig(init_from="some.pt")
+    config = _config(toy_csv, epochs=1)
+    train(config, tmp_path / "first", log=lambda _: None)
+    wrong = dataclasses.replace(config, train=dataclasses.replace(
+        config.train, init_from=str(tmp_path / "first" / "best.pt"), init_model_id="densenet121-000000000000"))
+    with pytest.raises(ConfigError, match=r"not train\.init_model_id"):
+        train(wrong, tmp_path / "second", log=lambda _: None)
+
+
+def test_adult_pediatric_config_loads() -> None:
+    config = load_config(Path(__file__).parents[1] / "configs" / "pneumonia_adult_pediatric.yaml")
+    assert [d.name for d in config.data.datasets] == ["pediatric", "adult"]
+    assert config.data.datasets[1].balance == ("label", "view")
+    with pytest.raises(ConfigError, match="either source or sources"):
+        DataConfig(source="a.csv", sources=config.data.sources)

@@ -11,7 +11,8 @@ from medcam.models.checkpoint import BUNDLED_MODEL, Checkpoint, load_checkpoint,
 from medcam.models.gradient import GradCAM, GradCAMpp, OcclusionCAM
 from medcam.models.grid import GridTransform, maps_to_source, normalise_maps
 from medcam.models.networks import build_network
-from medcam.models.predictor import Classifier, Prediction, prepare, serving_memory_format
+from medcam.models.predictor import Classifier, Prediction, serving_memory_format
+from medcam.models.preprocess import prepare
 
 __all__ = [
     "BUNDLED_MODEL", "CAMMethod", "CAMOutput", "Checkpoint", "Classifier", "GradCAM", "GradCAMpp",

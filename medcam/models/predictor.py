@@ -1,8 +1,6 @@
 """From loaded images to calibrated probabilities and CAMs on the source pixel grid.
 
-:func:`prepare` is the one preprocessing path, shared by training, evaluation and
-inference: resize onto the model grid (:class:`~medcam.models.grid.GridTransform`) and
-standardise intensities. :class:`Classifier` batches prepared images through the
+:class:`Classifier` batches images prepared by :mod:`medcam.models.preprocess` through the
 single-pass CAM network and brings every map back onto its own source image.
 """
 
@@ -13,38 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
-from medcam.config import PreprocessConfig
 from medcam.io.image import Image
 from medcam.models.cam import CAMOutput, SinglePassCAM, convert_to_cam
 from medcam.models.checkpoint import BUNDLED_MODEL, Checkpoint, load_checkpoint
-from medcam.models.grid import GridTransform, maps_to_source, resize_to_model
+from medcam.models.grid import GridTransform, maps_to_source
+from medcam.models.preprocess import prepare
 
-__all__ = ["Classifier", "Prediction", "prepare", "prepare_tensor", "resize", "serving_memory_format",
-           "standardise"]
-
-
-def resize(pixels: torch.Tensor, config: PreprocessConfig) -> tuple[torch.Tensor, GridTransform]:
-    """Pixels ``(1, H, W)`` resized onto the model grid, and the transform that did it."""
-    transform = GridTransform.fit(tuple(pixels.shape[1:]), config.size, config.resize)  # type: ignore[arg-type]
-    return resize_to_model(pixels, transform), transform
-
-
-def standardise(x: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
-    """The intensity step: per-image mean 0 / std 1 (``zscore``) or unchanged (``unit``)."""
-    if config.intensity == "zscore":
-        return (x - x.mean()) / x.std().clamp_min(1e-6)
-    return x
-
-
-def prepare_tensor(pixels: torch.Tensor, config: PreprocessConfig) -> tuple[torch.Tensor, GridTransform]:
-    """Model input ``(1, size, size)`` and its grid transform, from pixels ``(1, H, W)`` in [0, 1]."""
-    x, transform = resize(pixels, config)
-    return standardise(x, config), transform
-
-
-def prepare(image: Image, config: PreprocessConfig) -> tuple[torch.Tensor, GridTransform]:
-    """:func:`prepare_tensor` for a loaded :class:`~medcam.io.Image`."""
-    return prepare_tensor(torch.from_numpy(image.pixels), config)
+__all__ = ["Classifier", "Prediction", "serving_memory_format"]
 
 
 def serving_memory_format(device: torch.device) -> torch.memory_format:
@@ -107,7 +80,7 @@ class Classifier:
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.device = torch.device(device)
         self.memory_format = serving_memory_format(self.device)
-        self.cam: SinglePassCAM = convert_to_cam(self.checkpoint.network).to(
+        self.cam: SinglePassCAM = convert_to_cam(self.checkpoint.network).to(  # type: ignore[call-overload]
             self.device, memory_format=self.memory_format)
 
     @property

@@ -23,7 +23,7 @@ from medcam.config import PreprocessConfig
 from medcam.errors import UnsupportedInputError
 from medcam.io import VOI, Image, detect_format, load_image, read_identity
 from medcam.models.grid import GridTransform
-from medcam.models.predictor import prepare
+from medcam.models.preprocess import prepare
 from medcam.scoring.discover import Item
 
 __all__ = ["Batch", "Record", "ScoringDataset", "collate", "load_record", "make_loader"]

@@ -41,7 +41,8 @@ from medcam.errors import ConfigError, MedcamError, UnsupportedInputError
 from medcam.io import VOI, load_image
 from medcam.models.checkpoint import Checkpoint, load_checkpoint
 from medcam.models.grid import maps_to_source
-from medcam.models.predictor import Classifier, Prediction, prepare
+from medcam.models.predictor import Classifier, Prediction
+from medcam.models.preprocess import prepare
 from medcam.runtime import retain_freed_memory
 from medcam.scoring.dataset import load_record
 from medcam.scoring.discover import Item, count_items, iter_items
