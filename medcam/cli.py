@@ -41,8 +41,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from medcam.commands.predict import PredictOptions, predict
     from medcam.models.predictor import Classifier
-    from medcam.predict import PredictOptions, predict
 
     classifier = Classifier(args.model, device=args.device)
     ckpt = classifier.checkpoint
@@ -101,7 +101,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from medcam.annotate import ExportOptions, export_images
+    from medcam.commands.export import ExportOptions, export_images
     from medcam.models.predictor import Classifier
     from medcam.regions import RegionOptions, parse_threshold
 

@@ -1,6 +1,6 @@
 """The files a scoring run writes beside its rows, the same from either engine.
 
-``--cams`` writes each image's overlay and raw maps (:func:`medcam.predict.write_cams`);
+``--cams`` writes each image's overlay and raw maps (:func:`medcam.export.write_cams`);
 ``--regions`` exports the positive class's regions of every flagged image
 (:func:`medcam.export.export_regions`). File names come from :func:`cam_name` of the input
 path, so a re-run after a crash rewrites the same files rather than adding copies.
@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from medcam.errors import ConfigError
-from medcam.export import export_regions
+from medcam.export import export_regions, write_cams
 from medcam.models.predictor import Prediction
-from medcam.predict import write_cams
 from medcam.regions import find_regions
 from medcam.scoring.options import ScoreOptions, cam_name
 from medcam.scoring.results import ModelInfo

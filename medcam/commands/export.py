@@ -19,7 +19,7 @@ from pathlib import Path
 
 import medcam
 from medcam.errors import ConfigError
-from medcam.export.regions import FORMATS, default_name, export_regions, parse_formats
+from medcam.export.formats import FORMATS, default_name, export_regions, parse_formats
 from medcam.io import VOI
 from medcam.io.discover import iter_image_batches
 from medcam.models.predictor import Classifier, Prediction

@@ -19,19 +19,17 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 from matplotlib import colormaps
-from PIL import Image as PILImage
 
 import medcam
 from medcam.errors import ConfigError, MedcamError
-from medcam.export import COLOUR_MAPS, overlay, safe_path, write_nifti
+from medcam.export import COLOUR_MAPS, write_cams
 from medcam.io import VOI
 from medcam.io.discover import iter_image_batches
-from medcam.models.grid import Normalisation, normalise_maps
+from medcam.models.grid import Normalisation
 from medcam.models.predictor import Classifier, Prediction
 
-__all__ = ["PredictOptions", "PredictRecord", "predict", "write_cams"]
+__all__ = ["PredictOptions", "PredictRecord", "predict"]
 
 SCHEMA_VERSION = 1
 
@@ -95,35 +93,6 @@ def _unique_name(path: Path, taken: set[str]) -> str:
         name = f"{name}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
     taken.add(name)
     return name
-
-
-def write_cams(prediction: Prediction, folder: Path, name: str, *, cam_class: str,
-               colour_map: str = "jet", opacity: float = 0.5, normalisation: Normalisation = "positive",
-               nifti: bool = True) -> dict[str, str]:
-    """Write one prediction's CAM files into ``folder`` and return them by kind.
-
-    ``<name>_overlay.png``: ``cam_class``'s map, normalised, over the display image;
-    ``<name>_cam.npy``: every class's raw map ``(K, rows, cols)`` float32 on the source grid;
-    with ``nifti`` and a source geometry, ``<name>_cam.nii.gz``. Names go through
-    :func:`~medcam.export.safe_path`. Keys: ``overlay``, ``cam`` and ``cam_nifti``.
-    """
-    image = prediction.image
-    index = prediction.classes.index(cam_class)
-    heat = normalise_maps(prediction.maps[None, index:index + 1], normalisation)[0, 0].numpy()
-    files = {}
-    overlay_path = safe_path(folder, f"{name}_overlay.png")
-    PILImage.fromarray(overlay(image.pixels, heat, colour_map=colour_map, opacity=opacity)).save(overlay_path)
-    files["overlay"] = str(overlay_path)
-    maps = prediction.maps.numpy().astype(np.float32)
-    npy_path = safe_path(folder, f"{name}_cam.npy")
-    np.save(npy_path, maps)
-    files["cam"] = str(npy_path)
-    if nifti and image.affine is not None:
-        nii_path = safe_path(folder, f"{name}_cam.nii.gz")
-        write_nifti(nii_path, image, maps,
-                    description=f"medcam CAM {','.join(prediction.classes)} {prediction.model_id}")
-        files["cam_nifti"] = str(nii_path)
-    return files
 
 
 def _write(prediction: Prediction, name: str, cam_class: str, options: PredictOptions) -> PredictRecord:

@@ -1,0 +1,1 @@
+"""The command front ends: each maps a command's options onto the one pipeline (:mod:`medcam.scoring`)."""
