@@ -7,14 +7,16 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from medcam import __version__
+from medcam.commands import EXIT_FATAL, EXIT_INTERRUPTED
 from medcam.errors import MedcamError
 from medcam.runtime import retain_freed_memory
 
 if TYPE_CHECKING:  # the subcommands import what they need when they run: --help stays fast
     from medcam.io import VOI
+    from medcam.regions import RegionOptions
 
 __all__ = ["main"]
 
@@ -22,10 +24,6 @@ __all__ = ["main"]
 def _voi(args: argparse.Namespace) -> VOI:
     """The VOI step asked for: ``--window CENTER WIDTH`` when given, else ``--voi``."""
     return (args.window[0], args.window[1]) if args.window else args.voi
-
-
-def _model_status(trained: bool, outputs: str = "outputs") -> str:
-    return "trained" if trained else f"UNTRAINED PLACEHOLDER - {outputs} are meaningless"
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -40,89 +38,49 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _region_options(args: argparse.Namespace) -> RegionOptions:
+    from medcam.regions import RegionOptions, parse_threshold
+
+    rule, value = parse_threshold(args.threshold)
+    return RegionOptions(rule=rule, value=value, smoothing=args.smooth, min_area=args.min_area)
+
+
 def _predict(args: argparse.Namespace) -> int:
-    from medcam.commands.predict import PredictOptions, predict
+    from medcam.commands import exit_status, predict
     from medcam.models.predictor import Classifier
 
-    classifier = Classifier(args.model, device=args.device)
-    ckpt = classifier.checkpoint
-    print(f"model {ckpt.model_id} ({_model_status(ckpt.trained)}); {ckpt.model.positive_class} flagged at "
-          f"p >= {ckpt.threshold:.3f}")
-    options = PredictOptions(out=Path(args.out), cam_class=args.cam_class, colour_map=args.colour_map,
-                             opacity=args.opacity, batch_size=args.batch_size, voi=_voi(args))
-    records = predict(args.paths, classifier, options)
-    width = max((len(Path(r.path).name) for r in records), default=10)
-    for r in records:
-        name = Path(r.path).name.ljust(width)
-        if r.status == "ok":
-            probs = "  ".join(f"{c} {p:.3f}" for c, p in r.probabilities.items())
-            print(f"{name}  {probs}{'  FLAGGED' if r.flagged else ''}")
-        else:
-            print(f"{name}  error: {r.error}")
-    print(f"wrote overlays, maps and predictions.csv to {options.out}")
-    return 0 if all(r.status == "ok" for r in records) else 1
+    options = predict.predict_options(args.out, cam_class=args.cam_class, colour_map=args.colour_map,
+                                      opacity=args.opacity, batch_size=args.batch_size, voi=_voi(args),
+                                      method=args.method, workers=0)
+    return exit_status(predict.main(args.paths, Classifier(args.model, device=args.device), options))
 
 
 def _score(args: argparse.Namespace) -> int:
     import torch
 
-    from medcam.models.checkpoint import load_checkpoint
-    from medcam.models.predictor import Classifier
-    from medcam.scoring import ScoreOptions, default_workers, score, score_ray
+    from medcam.commands import exit_status, score
+    from medcam.scoring import ScoreOptions, default_workers
 
-    workers = default_workers() if args.workers is None else args.workers
+    if args.threads and args.engine == "local":
+        torch.set_num_threads(args.threads)
     options = ScoreOptions(out=Path(args.out), cams=Path(args.cams) if args.cams else None,
                            regions=Path(args.regions) if args.regions else None,
-                           region_formats=tuple(args.formats.split(",")),
-                           batch_size=args.batch_size, workers=workers, voi=_voi(args))
-    if args.engine == "ray":
-        ckpt = load_checkpoint(args.model)
-    else:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        classifier = Classifier(args.model, device=args.device)
-        ckpt = classifier.checkpoint
-    print(f"model {ckpt.model_id} ({_model_status(ckpt.trained)}); {ckpt.model.positive_class} flagged at "
-          f"p >= {ckpt.threshold:.3f}; engine {args.engine}")
-    try:
-        if args.engine == "ray":
-            summary = score_ray(args.inputs, ckpt, options, device=args.device, address=args.ray_address,
-                                actors=args.actors)
-        else:
-            summary = score(args.inputs, classifier, options)
-    except KeyboardInterrupt:
-        print(f"rows scored so far are safe in {options.out}; run the same command again to resume",
-              file=sys.stderr)
-        raise
-    print(f"{summary.scored} rows written ({summary.errors} errors) at {summary.images_per_second:.1f} "
-          f"images/s; {summary.resumed} already in the file; {summary.skipped} non-image files skipped")
-    print(f"wrote {summary.results} and {summary.studies}")
-    return 1 if summary.errors else 0
+                           region_formats=tuple(args.formats.split(",")), region_options=_region_options(args),
+                           cam_class=args.cam_class, batch_size=args.batch_size,
+                           workers=default_workers() if args.workers is None else args.workers, voi=_voi(args))
+    summary = score.main(args.inputs, args.model, options, device=args.device, engine=args.engine,
+                         ray_address=args.ray_address, actors=args.actors)
+    return exit_status(summary)
 
 
 def _export(args: argparse.Namespace) -> int:
-    from medcam.commands.export import ExportOptions, export_images
+    from medcam.commands import exit_status, export
     from medcam.models.predictor import Classifier
-    from medcam.regions import RegionOptions, parse_threshold
 
-    rule, value = parse_threshold(args.threshold)
-    regions = RegionOptions(rule=rule, value=value, smoothing=args.smooth, min_area=args.min_area)
-    options = ExportOptions(out=Path(args.out), cam_class=args.cam_class, formats=args.formats, regions=regions,
-                            batch_size=args.batch_size, voi=_voi(args))
-    classifier = Classifier(args.model, device=args.device)
-    ckpt = classifier.checkpoint
-    print(f"model {ckpt.model_id} ({_model_status(ckpt.trained, 'regions')}); regions: {regions.describe()}")
-    records = export_images(args.paths, classifier, options)
-    width = max((len(Path(r.path).name) for r in records), default=10)
-    for r in records:
-        name = Path(r.path).name.ljust(width)
-        if r.probability is not None:
-            skipped = "".join(f"  ({fmt} skipped: {why})" for fmt, why in r.skipped.items())
-            print(f"{name}  p={r.probability:.3f}  {r.regions} region(s){skipped}")
-        if r.status != "ok":
-            print(f"{name}  error: {r.error}")
-    print(f"wrote {', '.join(options.formats)} exports and exports.csv to {options.out}")
-    return 0 if all(r.status == "ok" for r in records) else 1
+    options = export.export_options(args.out, cam_class=args.cam_class, region_formats=args.formats,
+                                    region_options=_region_options(args), batch_size=args.batch_size,
+                                    voi=_voi(args), workers=0)
+    return exit_status(export.main(args.paths, Classifier(args.model, device=args.device), options))
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -175,10 +133,31 @@ def _add_display(p: argparse.ArgumentParser) -> None:
                    help="DICOM window to use instead of the file's")
 
 
+def _add_regions(p: argparse.ArgumentParser) -> None:
+    """How regions are cut from a map (see :class:`medcam.regions.RegionOptions`)."""
+    p.add_argument("--threshold", default="fraction:0.5",
+                   help="region rule: a fraction of the map's maximum ('0.5' or 'fraction:0.5', the default), "
+                        "a calibrated probability ('absolute:0.7') or 'otsu'")
+    p.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
+                   help="Gaussian smoothing sigma in mm (pixels when the spacing is unknown; default 0: none)")
+    p.add_argument("--min-area", type=float, default=0.0, metavar="AREA",
+                   help="drop regions smaller than this, in mm^2 (pixels when the spacing is unknown)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are fatal like any other refusal: exit status 1, not argparse's 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_FATAL, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medcam", description=__doc__)
+    parser = _Parser(prog="medcam", description=__doc__,
+                     epilog="Exit status of predict, export and score: 0 every input analysed; 3 finished, some "
+                            "inputs not analysed or failed (their rows say why); 1 fatal; 130 interrupted.")
     parser.add_argument("--version", action="version", version=f"medcam {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a classifier from a YAML config (resumes)")
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/pneumonia_densenet121.yaml")
@@ -195,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--colour-map", "--colormap", default="jet", help="matplotlib colour map (default: jet)")
     p.add_argument("--opacity", type=float, default=0.5, help="overlay opacity in [0, 1] (default: 0.5)")
     _add_display(p)
+    p.add_argument("--method", choices=["cam", "gradcam", "gradcam++", "occlusion"], default="cam",
+                   help="how the maps are made: cam (single pass, default), or for comparison gradcam, "
+                        "gradcam++ (a forward and backward pass per class) or occlusion (many passes)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=_predict)
@@ -203,8 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Score every DICOM, NIfTI, PNG or JPEG file under INPUT (folders "
                        "recursively; DICOM recognised by content) into one CSV row per file, appended "
                        "durably: re-run the same command after a crash or Ctrl-C to resume. Also writes "
-                       "RESULTS.studies.csv (one row per study, highest probability first). Exit status "
-                       "1 when this run wrote error rows.")
+                       "RESULTS.studies.csv (one row per study, highest probability first) and "
+                       "RESULTS.skipped.csv (files passed over, with the reason). Exit status: 0 every input "
+                       "analysed, 3 some inputs not analysed or failed (their rows say why), 1 fatal, "
+                       "130 interrupted.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
     p.add_argument("--out", required=True, metavar="RESULTS.csv", help="results CSV (resumed if it exists)")
     p.add_argument("--cams", metavar="DIR", help="also write each image's CAM overlay and raw map here")
@@ -212,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also export the pneumonia regions of every flagged image here (as medcam export does)")
     p.add_argument("--formats", default="seg,sc,nifti,png,json",
                    help="formats of --regions (default: seg,sc,nifti,png,json)")
+    p.add_argument("--class", dest="cam_class", help="class whose map is overlaid and gives the regions, any case "
+                   "(default: the positive class)")
+    _add_regions(p)
     _add_model(p)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     p.add_argument("--workers", type=int,
@@ -238,13 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="cam_class", help="class whose map gives the regions, any case "
                    "(default: the positive class)")
     p.add_argument("--formats", default="all", help="comma-separated: seg,sc,nifti,png,json,csv (default: all)")
-    p.add_argument("--threshold", default="fraction:0.5",
-                   help="region rule: a fraction of the map's maximum ('0.5' or 'fraction:0.5', the default), "
-                        "a calibrated probability ('absolute:0.7') or 'otsu'")
-    p.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
-                   help="Gaussian smoothing sigma in mm (pixels when the spacing is unknown; default 0: none)")
-    p.add_argument("--min-area", type=float, default=0.0, metavar="AREA",
-                   help="drop regions smaller than this, in mm^2 (pixels when the spacing is unknown)")
+    _add_regions(p)
     _add_display(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -290,10 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except MedcamError as err:
         print(f"medcam {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_FATAL
     except KeyboardInterrupt:
         print(f"medcam {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import yaml
 
 from medcam.errors import ConfigError
 
-__all__ = ["Config", "DataConfig", "DatasetConfig", "ModelConfig", "PreprocessConfig", "TrainConfig", "load_config"]
+__all__ = ["Config", "DataConfig", "DatasetConfig", "ModelConfig", "PreprocessConfig", "TrainConfig", "check_choice",
+           "load_config"]
 
 ARCHITECTURES = ("densenet121", "resnet18", "resnet50", "seresnet50", "efficientnet-b0")
 RESIZE_MODES = ("stretch", "letterbox")
@@ -34,12 +35,12 @@ class ModelConfig:
     positive_class: str = "PNEUMONIA"
 
     def __post_init__(self) -> None:
-        _choice("model.architecture", self.architecture, ARCHITECTURES)
+        check_choice("model.architecture", self.architecture, ARCHITECTURES)
         if self.spatial_dims not in (2, 3):
             raise ConfigError(f"model.spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"model.classes must be two or more distinct names, got {self.classes!r}")
-        _choice("model.positive_class", self.positive_class, self.classes)
+        check_choice("model.positive_class", self.positive_class, self.classes)
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         if self.size < 32 or self.size % 32:
             raise ConfigError(f"preprocess.size must be a positive multiple of 32, got {self.size!r}")
-        _choice("preprocess.resize", self.resize, RESIZE_MODES)
-        _choice("preprocess.intensity", self.intensity, INTENSITY_MODES)
+        check_choice("preprocess.resize", self.resize, RESIZE_MODES)
+        check_choice("preprocess.intensity", self.intensity, INTENSITY_MODES)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class DatasetConfig:
         if not self.weight > 0:
             raise ConfigError(f"data.sources[{self.name}].weight must be positive, got {self.weight!r}")
         for column in self.balance:
-            _choice(f"data.sources[{self.name}].balance", column, ("label", "view"))
+            check_choice(f"data.sources[{self.name}].balance", column, ("label", "view"))
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,8 @@ def _unknown(where: str, prefix: str, raw: dict[str, Any], known: dict[str, Any]
             raise ConfigError(f"{where}: unknown key {prefix}{key!r}{hint}")
 
 
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    """Refuse ``value`` unless it is in ``allowed``, naming ``name`` and the closest choice."""
     if value not in allowed:
         close = difflib.get_close_matches(str(value), allowed, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from medcam.io.image import Image
-from medcam.models.cam import CAMOutput, SinglePassCAM, convert_to_cam
+from medcam.models.cam import CAMMethod, CAMOutput, SinglePassCAM, convert_to_cam, find_gap_layer
 from medcam.models.checkpoint import BUNDLED_MODEL, Checkpoint, load_checkpoint
 from medcam.models.grid import GridTransform, maps_to_source
 from medcam.models.preprocess import prepare
@@ -82,6 +82,7 @@ class Classifier:
         self.memory_format = serving_memory_format(self.device)
         self.cam: SinglePassCAM = convert_to_cam(self.checkpoint.network).to(  # type: ignore[call-overload]
             self.device, memory_format=self.memory_format)
+        self._explainers: dict[str, CAMMethod] = {}
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -91,6 +92,22 @@ class Classifier:
         """Logits and feature-grid maps for a prepared batch ``(B, 1, size, size)``."""
         with torch.inference_mode():
             output: CAMOutput = self.cam(batch.to(self.device, memory_format=self.memory_format))
+        return output
+
+    def explain(self, batch: torch.Tensor, method: str = "cam") -> CAMOutput:
+        """Logits and maps of every class for ``batch`` by ``method``.
+
+        ``cam`` is :meth:`forward` (one pass). ``gradcam``, ``gradcam++`` and ``occlusion``
+        run MONAI's methods (:mod:`medcam.models.gradient`) on the same network, for
+        comparison: one forward and backward pass per class, or one pass per occluded window.
+        """
+        if method == "cam":
+            return self.forward(batch)
+        if method not in self._explainers:
+            self._explainers[method] = _explainer(self.checkpoint, method)
+        x = batch.to(self.device, memory_format=self.memory_format)
+        with torch.inference_mode():
+            output: CAMOutput = self._explainers[method](x)
         return output
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -128,3 +145,26 @@ class Classifier:
             )
             for i, (image, transform) in enumerate(zip(images, transforms, strict=True))
         ]
+
+
+def _explainer(checkpoint: Checkpoint, method: str) -> CAMMethod:
+    """MONAI's Grad-CAM, Grad-CAM++ or occlusion on the checkpoint's network.
+
+    The gradient methods look at the layer just before the global pooling (the grid the
+    single-pass maps live on); occlusion hides windows of an eighth of the input side.
+    """
+    from medcam.models.gradient import GradCAM, GradCAMpp, OcclusionCAM
+
+    network = checkpoint.network
+    if method == "occlusion":
+        return OcclusionCAM(network, mask_size=max(8, checkpoint.preprocess.size // 8), n_batch=16, overlap=0.5)
+    gap = find_gap_layer(network)
+    names = [name for name, module in network.named_modules() if name and not list(module.children())]
+    if gap not in names or names.index(gap) == 0:
+        raise ValueError(f"cannot find the layer before {gap!r} for {method}")
+    target = names[names.index(gap) - 1]
+    if method == "gradcam":
+        return GradCAM(network, target_layer=target)
+    if method == "gradcam++":
+        return GradCAMpp(network, target_layer=target)
+    raise ValueError(f"unknown method {method!r}; use cam, gradcam, gradcam++ or occlusion")

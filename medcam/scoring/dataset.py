@@ -1,8 +1,11 @@
 """Decoding ahead of the model: a torch ``Dataset`` of inputs and the ``DataLoader`` around it.
 
 Each :class:`~medcam.scoring.discover.Item` becomes a :class:`Record`: the model input made by
-:func:`medcam.models.predictor.prepare`, its grid transform and the DICOM UIDs, or the reason
-the file was refused. Nothing a file contains raises out of :func:`load_record`, so a bad
+:func:`medcam.models.preprocess.prepare`, its grid transform and the DICOM UIDs, or the reason
+the file was refused. A file found inside a folder is an input when its content is an image
+or its name says it should be one (:data:`IMAGE_SUFFIXES`); then a file that cannot be read
+gets an error row. Any other file is skipped with the reason (``RESULTS.skipped.csv``), and
+so is a DICOMDIR. Nothing a file contains raises out of :func:`load_record`, so a bad
 file never stops the loader. The items themselves are the loader's "indices": they come
 from a streamed walk (the sampler), so no list of every input is ever built, and the
 loader's prefetching (``workers * prefetch`` batches) bounds what is held in memory.
@@ -26,7 +29,9 @@ from medcam.models.grid import GridTransform
 from medcam.models.preprocess import prepare
 from medcam.scoring.discover import Item
 
-__all__ = ["Batch", "Record", "ScoringDataset", "collate", "load_record", "make_loader"]
+__all__ = ["IMAGE_SUFFIXES", "Batch", "Record", "ScoringDataset", "collate", "load_record", "make_loader"]
+
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".ima", ".nii", ".nii.gz", ".png", ".jpg", ".jpeg")
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,15 +39,17 @@ class Record:
     """One decoded input, small and picklable.
 
     Attributes:
-        error: why the file was refused; empty when it was read.
-        skipped: a file inside a folder that is not an image: it gets no row.
+        status: ``ok``, ``not_analysed`` or ``error`` (see :mod:`medcam.scoring.results`).
+        reason: why the file was refused; empty when it was read.
+        skipped: why a file inside a folder is not an input (it gets no row); empty for inputs.
         tensor: the model input ``(1, size, size)``; None once collated, or on error.
         image: the loaded image, kept only when CAM files are written.
     """
 
     path: str
-    error: str = ""
-    skipped: bool = False
+    status: str = "ok"
+    reason: str = ""
+    skipped: str = ""
     sop_instance_uid: str = ""
     series_instance_uid: str = ""
     study_instance_uid: str = ""
@@ -52,7 +59,7 @@ class Record:
 
     @property
     def ok(self) -> bool:
-        return not self.error and not self.skipped
+        return self.status == "ok" and not self.skipped
 
     @property
     def uids(self) -> tuple[str, str, str]:
@@ -75,9 +82,11 @@ def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
                 keep_image: bool = False) -> Record:
     """Read and prepare one input; every refusal becomes a :class:`Record` with the reason."""
     if item.error:
-        return Record(item.path, error=item.error)
-    if not item.named and detect_format(item.path) is None:
-        return Record(item.path, skipped=True)
+        return Record(item.path, status="error", reason=item.error)
+    if not item.named:
+        skipped = _not_an_input(item.path)
+        if skipped:
+            return Record(item.path, skipped=skipped)
     try:
         image = load_image(item.path, voi=voi)
         tensor, transform = prepare(image, preprocess)
@@ -97,11 +106,23 @@ def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
     )
 
 
+def _not_an_input(path: str) -> str:
+    """Why a file found inside a folder is not an input; empty when it is one."""
+    name = os.path.basename(path)
+    if name.upper() == "DICOMDIR":
+        return "DICOMDIR (a media directory listing the DICOM files, which are scored themselves)"
+    if detect_format(path) is not None or name.lower().endswith(IMAGE_SUFFIXES):
+        return ""
+    return "not an image (no DICOM, NIfTI, PNG or JPEG content or name)"
+
+
 def _refused(path: str, reason: str) -> Record:
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        reason = "empty file"
     identity = read_identity(path) if detect_format(path) == "dicom" else None
     if identity is None:
-        return Record(path, error=reason)
-    return Record(path, error=reason, sop_instance_uid=identity.sop_instance_uid,
+        return Record(path, status="error", reason=reason)
+    return Record(path, status="error", reason=reason, sop_instance_uid=identity.sop_instance_uid,
                   series_instance_uid=identity.series_instance_uid,
                   study_instance_uid=identity.study_instance_uid)
 

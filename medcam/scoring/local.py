@@ -22,8 +22,8 @@ from medcam.models.predictor import Classifier
 from medcam.scoring.dataset import Batch, ScoringDataset, make_loader
 from medcam.scoring.discover import count_items, iter_items
 from medcam.scoring.options import ScoreOptions, ScoreSummary, progress_bar
-from medcam.scoring.outputs import prepare_outputs, write_outputs
-from medcam.scoring.results import ModelInfo, ResultsFile, make_row, results_columns, write_studies
+from medcam.scoring.outputs import Written, prepare_outputs, write_outputs
+from medcam.scoring.results import ModelInfo, ResultsFile, SkippedFile, make_row, results_columns, write_studies
 
 __all__ = ["score"]
 
@@ -32,7 +32,8 @@ def score(inputs: Iterable[str | Path], classifier: Classifier, options: ScoreOp
     """Score every image in or under ``inputs`` into ``options.out``, resuming it if present.
 
     Files named in ``inputs`` always get a row (an error row when refused); files found
-    inside folders get one when they are images. The per-study file is rebuilt at the end.
+    inside folders get one when they are images or named like images, the others are listed
+    in ``RESULTS.skipped.csv``. The per-study file is rebuilt at the end.
 
     Raises:
         ConfigError: ``options.cam_class`` is not a class of the model.
@@ -42,10 +43,11 @@ def score(inputs: Iterable[str | Path], classifier: Classifier, options: ScoreOp
     info = ModelInfo.from_checkpoint(classifier.checkpoint)
     cam_class = prepare_outputs(options, info)
     inputs = list(inputs)
-    scored = errors = skipped = 0
+    counts = {"ok": 0, "error": 0, "not_analysed": 0, "skipped": 0}
     start = time.perf_counter()
-    with ResultsFile.open(options.out, results_columns(info.classes, cams=options.cams is not None),
-                          info.model_id) as results:
+    columns = results_columns(info.classes, options.output_columns)
+    with ResultsFile.open(options.out, columns, info.model_id, resume=options.resume) as results:
+        skipped_file = SkippedFile(options.out)
         resumed = len(results.done)
         total = count_items(inputs, skip=results.done, outputs=options.outputs)
         items = iter_items(inputs, skip=results.done, outputs=options.outputs)
@@ -58,15 +60,17 @@ def score(inputs: Iterable[str | Path], classifier: Classifier, options: ScoreOp
             for batch in loader:
                 rows = _score_batch(batch, classifier, info, options, cam_class)
                 results.append(rows)
+                skipped_file.append([(r.path, r.skipped) for r in batch.records if r.skipped])
                 if stop.is_set():
                     raise KeyboardInterrupt
-                scored += len(rows)
-                errors += sum(row[1] == "error" for row in rows)
-                skipped += len(batch.records) - len(rows)
+                for row in rows:
+                    counts[row[1]] += 1
+                counts["skipped"] += len(batch.records) - len(rows)
                 bar.update(len(batch.records))
     seconds = time.perf_counter() - start
     studies = write_studies(options.out, info.positive_class)
-    return ScoreSummary(Path(options.out), studies, scored, errors, resumed, skipped, seconds)
+    return ScoreSummary(Path(options.out), studies, counts["ok"] + counts["error"] + counts["not_analysed"],
+                        counts["error"], resumed, counts["skipped"], seconds, refused=counts["not_analysed"])
 
 
 @contextmanager
@@ -96,27 +100,29 @@ def _stop_on_interrupt() -> Iterator[threading.Event]:
 
 def _score_batch(batch: Batch, classifier: Classifier, info: ModelInfo, options: ScoreOptions,
                  cam_class: str) -> list[list[str]]:
+    """The rows of one batch: one forward pass for its readable images, then their files."""
     ok = [r for r in batch.records if r.ok]
     probabilities: list[list[float]] = []
-    files: list[dict[str, str]] = []
+    written: list[Written] = [Written() for _ in ok]
     if ok:
-        output = classifier.forward(batch.inputs)
+        output = classifier.explain(batch.inputs, options.method)
         probabilities = classifier.probabilities(output.logits).float().cpu().tolist()
         if options.needs_maps:
             images: Sequence[Image] = [r.image for r in ok if r.image is not None]
             transforms: Sequence[GridTransform] = [r.transform for r in ok if r.transform is not None]
             predictions = classifier.predictions(images, transforms, output)
-            files = write_outputs(predictions, [r.path for r in ok], options, cam_class)
-    cams = options.cams is not None
-    scores = iter(probabilities)
-    written = iter(files)
+            written = [write_outputs(p, r.path, options, cam_class) for p, r in zip(predictions, ok, strict=True)]
+    results = iter(zip(probabilities, written, strict=True))
     rows = []
     for record in batch.records:
         if record.skipped:
             continue
         if record.ok:
-            rows.append(make_row(info, record.path, "", record.uids, next(scores),
-                                 next(written) if cams else None))
+            probs, files = next(results)
+            status = "error" if files.error else "ok"
+            rows.append(make_row(info, record.path, status, files.error, record.uids,
+                                 None if files.error else probs, files.columns, options.output_columns))
         else:
-            rows.append(make_row(info, record.path, record.error, record.uids, None, {} if cams else None))
+            rows.append(make_row(info, record.path, record.status, record.reason, record.uids, None,
+                                 columns=options.output_columns))
     return rows

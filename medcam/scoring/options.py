@@ -10,13 +10,16 @@ from pathlib import Path
 from matplotlib import colormaps
 from tqdm import tqdm
 
+from medcam.config import check_choice
 from medcam.errors import ConfigError
 from medcam.export import COLOUR_MAPS, FORMATS, parse_formats
 from medcam.io import VOI
 from medcam.regions import RegionOptions
-from medcam.scoring.results import studies_path
+from medcam.scoring.results import skipped_path, studies_path
 
-__all__ = ["ScoreOptions", "ScoreSummary", "cam_name", "default_workers", "progress_bar"]
+__all__ = ["METHODS", "ScoreOptions", "ScoreSummary", "default_workers", "output_name", "progress_bar"]
+
+METHODS = ("cam", "gradcam", "gradcam++", "occlusion")
 
 
 def default_workers() -> int:
@@ -31,25 +34,38 @@ def default_workers() -> int:
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    """A scoring run (see ``medcam score --help``).
+    """A run of the pipeline: which inputs' rows go where, and which files each image gets.
+
+    ``medcam score``, ``predict`` and ``export`` are this one run with different outputs
+    switched on (see :mod:`medcam.commands`).
 
     Attributes:
-        out: the results CSV (created, or resumed when it exists).
+        out: the results CSV (created, or resumed when it exists and ``resume`` is true).
+        resume: keep the rows of an existing results file and skip their inputs; False
+            starts the file afresh.
         cams: folder for each image's CAM overlay and raw map; None writes none.
+        cam_nifti: also write the maps as NIfTI on the source geometry (DICOM, NIfTI inputs).
         batch_size: images per forward pass.
         workers: decoding processes (0 decodes in the main process).
         prefetch: batches each worker keeps ready.
-        cam_class: class whose map is overlaid (default: the model's positive class).
-        regions: folder for the region exports (:func:`medcam.export.export_regions`) of every
-            flagged image, from the positive class's map; None writes none.
+        cam_class: class whose map is overlaid and gives the regions (any case; default: the
+            model's positive class).
+        method: how the maps are made: ``cam`` (single pass, the default) or, for
+            comparison, ``gradcam``, ``gradcam++`` or ``occlusion`` (several passes each).
+        regions: folder for the region exports (:func:`medcam.export.export_regions`) of the
+            ``cam_class`` map; None writes none.
+        regions_of: ``flagged`` (images whose positive class is flagged) or ``all`` analysed images.
         region_options: the threshold rule, smoothing and minimum area of those regions.
         region_formats: the export formats, a subset of :data:`medcam.export.FORMATS`.
         progress: show a progress bar (on a terminal).
     """
 
     out: Path
+    resume: bool = True
     cams: Path | None = None
+    cam_nifti: bool = False
     regions: Path | None = None
+    regions_of: str = "flagged"
     region_options: RegionOptions = field(default_factory=RegionOptions)
     region_formats: tuple[str, ...] = FORMATS
     batch_size: int = 16
@@ -59,6 +75,7 @@ class ScoreOptions:
     cam_class: str | None = None
     colour_map: str = "jet"
     opacity: float = 0.5
+    method: str = "cam"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -71,14 +88,23 @@ class ScoreOptions:
         if self.colour_map not in colormaps:
             raise ConfigError(f"unknown colour map {self.colour_map!r}; try one of {', '.join(COLOUR_MAPS)}")
         object.__setattr__(self, "region_formats", parse_formats(self.region_formats))
+        check_choice("method", self.method, METHODS)
+        check_choice("regions_of", self.regions_of, ("flagged", "all"))
         if not 0.0 <= self.opacity <= 1.0:
             raise ConfigError(f"opacity must be in [0, 1], got {self.opacity!r}")
 
     @property
     def outputs(self) -> list[Path]:
         """What this run writes, never to be scored itself."""
-        written = [self.out, studies_path(self.out)]
+        written = [self.out, studies_path(self.out), skipped_path(self.out)]
         return [*written, *(p for p in (self.cams, self.regions) if p is not None)]
+
+    @property
+    def output_columns(self) -> tuple[str, ...]:
+        """The results file's columns for the files written beside each row."""
+        cams = ("overlay", "cam", "cam_nifti") if self.cams is not None else ()
+        regions = ("regions", "exports") if self.regions is not None else ()
+        return (*cams, *regions)
 
     @property
     def needs_maps(self) -> bool:
@@ -91,9 +117,9 @@ class ScoreSummary:
     """The outcome of a run.
 
     Attributes:
-        scored: rows this run wrote (``errors`` of them error rows).
+        scored: rows this run wrote: ``errors`` error rows, ``refused`` not-analysed rows.
         resumed: rows that were already in the results file and were skipped.
-        skipped: files inside folders that are not images (no row).
+        skipped: files inside folders that are not inputs (no row; listed in ``RESULTS.skipped.csv``).
         seconds: wall time of the scoring loop.
     """
 
@@ -104,16 +130,22 @@ class ScoreSummary:
     resumed: int
     skipped: int
     seconds: float
+    refused: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Every input of this run was analysed (no error or not-analysed row)."""
+        return not self.errors and not self.refused
 
     @property
     def images_per_second(self) -> float:
         return self.scored / self.seconds if self.seconds > 0 else 0.0
 
 
-def cam_name(path: str) -> str:
-    """The base name of an input's CAM files: its file name and a hash of its absolute path,
-    so that two inputs with the same name never collide and a resumed run rewrites the same
-    files. :func:`~medcam.export.safe_path` makes it safe."""
+def output_name(path: str) -> str:
+    """The base name of every file written for an input: its file name and a hash of its
+    absolute path, so that two inputs with the same name never collide and a resumed run
+    rewrites the same files. :func:`~medcam.export.safe_path` makes it safe."""
     name = Path(path).name.removesuffix(".gz")
     stem = name.rsplit(".", 1)[0] if "." in name.strip(".") else name
     digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:10]

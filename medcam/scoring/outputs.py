@@ -1,56 +1,83 @@
-"""The files a scoring run writes beside its rows, the same from either engine.
+"""The files written beside each row, the same from every front end and engine.
 
-``--cams`` writes each image's overlay and raw maps (:func:`medcam.export.write_cams`);
-``--regions`` exports the positive class's regions of every flagged image
-(:func:`medcam.export.export_regions`). File names come from :func:`cam_name` of the input
-path, so a re-run after a crash rewrites the same files rather than adding copies.
+``cams`` writes each image's overlay and raw maps (:func:`medcam.export.write_cams`);
+``regions`` exports the regions of the chosen class's map (:func:`medcam.export.export_regions`)
+for flagged or for all analysed images. File names come from :func:`output_name` of the
+input path, so a re-run after a crash rewrites the same files rather than adding copies.
+
+Whatever goes wrong while writing one image's files (a full disk, a folder that cannot be
+created, a DICOM writer's refusal) becomes that image's reason and the run goes on: the row
+is written as an error, so a resumed run does not meet the same failure again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from medcam.errors import ConfigError
+from medcam.errors import MedcamError
 from medcam.export import export_regions, write_cams
 from medcam.models.predictor import Prediction
-from medcam.regions import find_regions
-from medcam.scoring.options import ScoreOptions, cam_name
+from medcam.regions import find_regions, resolve_class
+from medcam.scoring.options import ScoreOptions, output_name
 from medcam.scoring.results import ModelInfo
 
-__all__ = ["prepare_outputs", "write_outputs"]
+__all__ = ["Written", "prepare_outputs", "write_outputs"]
+
+
+@dataclass(frozen=True)
+class Written:
+    """What was written for one image: the output columns' values, or why it failed."""
+
+    columns: dict[str, str] = field(default_factory=dict)
+    error: str = ""
 
 
 def prepare_outputs(options: ScoreOptions, info: ModelInfo) -> str:
-    """Create the output folders and return the class whose map is overlaid.
+    """Check the CAM class and create the output folders; return the class, as the model names it.
 
     Raises:
-        ConfigError: ``options.cam_class`` is not a class of the model.
+        ConfigError: ``options.cam_class`` is not a class of the model (with the closest name).
+        MedcamError: an output folder cannot be created.
     """
-    cam_class = options.cam_class or info.positive_class
-    if cam_class not in info.classes:
-        raise ConfigError(f"CAM class {cam_class!r} is not one of the model's classes: {', '.join(info.classes)}")
+    cam_class = resolve_class(info.classes, options.cam_class or info.positive_class)
     for folder in (options.cams, options.regions):
         if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise MedcamError(f"{folder}: cannot create the output folder ({err.strerror or err})") from err
     return cam_class
 
 
-def write_outputs(predictions: Sequence[Prediction], paths: Sequence[str], options: ScoreOptions,
-                  cam_class: str) -> list[dict[str, str]]:
-    """Write the CAM files and region exports that ``options`` asks for; the CAM files by image.
+def write_outputs(prediction: Prediction, path: str, options: ScoreOptions, cam_class: str) -> Written:
+    """Write the files ``options`` asks for of one prediction; never raises for a per-image failure."""
+    name = output_name(path)
+    columns: dict[str, str] = {}
+    problems: list[str] = []
+    if options.cams is not None:
+        try:
+            files = write_cams(prediction, options.cams, name, cam_class=cam_class, colour_map=options.colour_map,
+                               opacity=options.opacity, nifti=options.cam_nifti)
+            columns.update(files)
+        except Exception as err:  # any failure to write is this image's, reported in its row
+            problems.append(f"CAM files: {_describe(err)}")
+    if options.regions is not None and (options.regions_of == "all" or prediction.flagged):
+        try:
+            regions = find_regions(prediction, cam_class, options.region_options)
+            result = export_regions(prediction, regions, options.regions, options.region_formats, name=name)
+            columns["regions"] = str(len(regions))
+            columns["exports"] = ";".join(str(p) for p in result.files.values())
+            problems += [f"{fmt}: {why}" for fmt, why in result.errors.items()]
+        except Exception as err:
+            problems.append(f"regions: {_describe(err)}")
+    error = f"could not write its outputs: {'; '.join(problems)}" if problems else ""
+    return Written(columns, error)
 
-    Returns one dictionary per prediction (``overlay`` and ``cam`` paths), empty when
-    ``options.cams`` is None.
-    """
-    files: list[dict[str, str]] = []
-    for prediction, path in zip(predictions, paths, strict=True):
-        name = cam_name(path)
-        written = {}
-        if options.cams is not None:
-            written = write_cams(prediction, options.cams, name, cam_class=cam_class,
-                                 colour_map=options.colour_map, opacity=options.opacity, nifti=False)
-        if options.regions is not None and prediction.flagged:
-            regions = find_regions(prediction, prediction.positive_class, options.region_options)
-            export_regions(prediction, regions, options.regions, options.region_formats, name=name)
-        files.append(written)
-    return files
+
+def _describe(err: Exception) -> str:
+    if isinstance(err, MedcamError):
+        return str(err)
+    if isinstance(err, OSError) and err.strerror:
+        where = f" ({err.filename})" if err.filename else ""
+        return f"{err.strerror}{where}"
+    return f"{type(err).__name__}: {err}"

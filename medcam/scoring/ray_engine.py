@@ -48,13 +48,13 @@ from medcam.scoring.dataset import load_record
 from medcam.scoring.discover import Item, count_items, iter_items
 from medcam.scoring.options import ScoreOptions, ScoreSummary, progress_bar
 from medcam.scoring.outputs import prepare_outputs, write_outputs
-from medcam.scoring.results import CAM_COLUMNS, ModelInfo, ResultsFile, make_row, results_columns, write_studies
+from medcam.scoring.results import ModelInfo, ResultsFile, SkippedFile, make_row, results_columns, write_studies
 
 __all__ = ["INSTALL_HINT", "import_ray", "score_ray"]
 
 INSTALL_HINT = 'the Ray engine needs Ray Data; install it with: pip install "medcam-screening[distributed]"'
 _DECODE_CPUS = 1.0
-_TEXT = ("path", "error", "sop_instance_uid", "series_instance_uid", "study_instance_uid")
+_TEXT = ("path", "status", "reason", "sop_instance_uid", "series_instance_uid", "study_instance_uid")
 
 
 def import_ray() -> ModuleType:
@@ -95,6 +95,8 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
     """
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"the Ray engine runs on device 'cpu' or 'cuda', got {device!r}")
+    if options.method != "cam":
+        raise ConfigError(f"batch scoring uses the single-pass CAM; method {options.method!r} is for medcam predict")
     if actors < 1 or chunk_size < 1:
         raise ConfigError(f"actors and chunk_size must be at least 1, got {actors!r} and {chunk_size!r}")
     actor_cpus = actor_cpus if actor_cpus is not None else 1.0 if device == "cuda" else 2.0
@@ -112,34 +114,36 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    scored = errors = skipped = 0
+    counts = {"ok": 0, "error": 0, "not_analysed": 0, "skipped": 0}
     start = time.perf_counter()
     try:
         blob = [ray.put(Path(checkpoint.path).read_bytes())]  # in a list: the actor fetches it itself
-        columns = results_columns(info.classes, cams=options.cams is not None)
-        with ResultsFile.open(options.out, columns, info.model_id) as results:
+        columns = results_columns(info.classes, options.output_columns)
+        with ResultsFile.open(options.out, columns, info.model_id, resume=options.resume) as results:
+            skipped_file = SkippedFile(options.out)
             resumed = len(results.done)
             total = count_items(inputs, skip=results.done, outputs=options.outputs)
             items = iter_items(inputs, skip=results.done, outputs=options.outputs)
             with progress_bar(total, options.progress) as bar:
                 for chunk in _chunks(items, chunk_size):
-                    rows_in_chunk = 0
                     for batch in _pipeline(ray, chunk, checkpoint.preprocess, options, blob, device, actors,
                                            actor_cpus, info, cam_class):
-                        rows = _rows(batch, info, cams=options.cams is not None)
+                        rows = _rows(batch, info, options.output_columns)
                         results.append(rows)
-                        rows_in_chunk += len(rows)
-                        errors += sum(row[1] == "error" for row in rows)
-                        bar.update(len(rows))
-                    scored += rows_in_chunk
-                    skipped += len(chunk) - rows_in_chunk
-                    bar.update(len(chunk) - rows_in_chunk)
+                        skipped = [(str(p), str(why)) for p, why in zip(batch["path"], batch["skipped"], strict=True)
+                                   if why]
+                        skipped_file.append(skipped)
+                        for row in rows:
+                            counts[row[1]] += 1
+                        counts["skipped"] += len(skipped)
+                        bar.update(len(rows) + len(skipped))
     finally:
         if started:
             ray.shutdown()
     seconds = time.perf_counter() - start
     studies = write_studies(options.out, info.positive_class)
-    return ScoreSummary(Path(options.out), studies, scored, errors, resumed, skipped, seconds)
+    return ScoreSummary(Path(options.out), studies, counts["ok"] + counts["error"] + counts["not_analysed"],
+                        counts["error"], resumed, counts["skipped"], seconds, refused=counts["not_analysed"])
 
 
 def _pipeline(ray: ModuleType, chunk: list[Item], preprocess: PreprocessConfig, options: ScoreOptions,
@@ -161,16 +165,16 @@ def _pipeline(ray: ModuleType, chunk: list[Item], preprocess: PreprocessConfig, 
 
 
 def _decode(batch: dict[str, np.ndarray], preprocess: dict[str, Any], voi: VOI) -> dict[str, np.ndarray]:
-    """Ray task: read and prepare a batch of inputs; non-images found in folders are dropped."""
+    """Ray task: read and prepare a batch of inputs; files in folders that are not inputs keep
+    their reason in ``skipped`` (and get no row)."""
     config = PreprocessConfig(**preprocess)
     records = [load_record(Item(str(path), bool(named), str(error)), config, voi=voi)
                for path, named, error in zip(batch["path"], batch["named"], batch["error"], strict=True)]
-    records = [r for r in records if not r.skipped]
     x = np.zeros((len(records), 1, config.size, config.size), dtype=np.float32)
     for i, record in enumerate(records):
         if record.tensor is not None:
             x[i] = record.tensor.numpy()
-    columns = {name: np.array([getattr(r, name) for r in records], dtype=object) for name in _TEXT}
+    columns = {name: np.array([getattr(r, name) for r in records], dtype=object) for name in (*_TEXT, "skipped")}
     return {**columns, "x": x}
 
 
@@ -194,7 +198,8 @@ class _Scorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Every batch has the same columns, even one of errors only: Ray cannot combine blocks that differ
-        ok = np.array([not error for error in batch["error"]], dtype=bool)
+        ok = np.array([status == "ok" and not skipped for status, skipped in zip(batch["status"], batch["skipped"],
+                                                                                  strict=True)], dtype=bool)
         probabilities = np.full((len(ok), len(self.classifier.classes)), np.nan, dtype=np.float64)
         logits = np.full(probabilities.shape, np.nan, dtype=np.float32)
         maps = np.full((len(ok), *self.map_shape), np.nan, dtype=np.float32)
@@ -204,7 +209,7 @@ class _Scorer:
             if self.map_shape:
                 logits[ok] = output.logits.float().cpu().numpy()
                 maps[ok] = output.maps.float().cpu().numpy()
-        out = {name: batch[name] for name in _TEXT} | {"probabilities": probabilities}
+        out = {name: batch[name] for name in (*_TEXT, "skipped")} | {"probabilities": probabilities}
         return out | ({"logits": logits, "maps": maps} if self.map_shape else {})
 
 
@@ -216,19 +221,21 @@ def _write(batch: dict[str, np.ndarray], preprocess: dict[str, Any], options: Sc
     longer be read (changed or removed since it was scored) becomes an error row.
     """
     config = PreprocessConfig(**preprocess)
-    errors = [str(error) for error in batch["error"]]
-    files: list[dict[str, str]] = [{} for _ in errors]
+    statuses = [str(status) for status in batch["status"]]
+    reasons = [str(reason) for reason in batch["reason"]]
+    files: list[dict[str, str]] = [{} for _ in statuses]
     for i, path in enumerate(str(p) for p in batch["path"]):
-        if errors[i]:
+        if statuses[i] != "ok" or batch["skipped"][i]:
             continue
         try:
             image = load_image(path, voi=options.voi)
             _, transform = prepare(image, config)
         except UnsupportedInputError as err:
-            errors[i] = f"could not be read again to write its files: {err.reason}"
+            statuses[i], reasons[i] = "error", f"could not be read again to write its files: {err.reason}"
             continue
         except Exception as err:  # as in load_record: a decoder's own failure belongs to this file's row
-            errors[i] = f"could not be read again to write its files ({type(err).__name__}: {err})"
+            statuses[i] = "error"
+            reasons[i] = f"could not be read again to write its files ({type(err).__name__}: {err})"
             continue
         prediction = Prediction(
             image=image,
@@ -241,19 +248,26 @@ def _write(batch: dict[str, np.ndarray], preprocess: dict[str, Any], options: Sc
             model_id=info.model_id,
             temperature=info.temperature,
         )
-        files[i] = write_outputs([prediction], [path], options, cam_class)[0]
-    columns = {kind: np.array([f.get(kind, "") for f in files], dtype=object) for kind in CAM_COLUMNS}
-    kept = {name: batch[name] for name in (*_TEXT, "probabilities")}
-    return kept | {"error": np.array(errors, dtype=object)} | columns
+        written = write_outputs(prediction, path, options, cam_class)
+        files[i] = written.columns
+        if written.error:
+            statuses[i], reasons[i] = "error", written.error
+    columns = {kind: np.array([f.get(kind, "") for f in files], dtype=object) for kind in options.output_columns}
+    kept = {name: batch[name] for name in (*_TEXT, "skipped", "probabilities")}
+    return kept | {"status": np.array(statuses, dtype=object), "reason": np.array(reasons, dtype=object)} | columns
 
 
-def _rows(batch: dict[str, np.ndarray], info: ModelInfo, *, cams: bool) -> list[list[str]]:
+def _rows(batch: dict[str, np.ndarray], info: ModelInfo, output_columns: tuple[str, ...]) -> list[list[str]]:
     rows = []
-    for i, (path, error) in enumerate(zip(batch["path"], batch["error"], strict=True)):
-        uids = [str(batch[name][i]) for name in _TEXT[2:]]
-        probabilities = None if error else batch["probabilities"][i].tolist()
-        files = {kind: str(batch[kind][i]) for kind in CAM_COLUMNS} if cams else None
-        rows.append(make_row(info, str(path), str(error), uids, probabilities, files))
+    for i, path in enumerate(batch["path"]):
+        if batch["skipped"][i]:
+            continue
+        status = str(batch["status"][i])
+        uids = [str(batch[name][i]) for name in _TEXT[3:]]
+        probabilities = batch["probabilities"][i].tolist() if status == "ok" else None
+        outputs = {kind: str(batch[kind][i]) for kind in output_columns if kind in batch}
+        rows.append(make_row(info, str(path), status, str(batch["reason"][i]), uids, probabilities, outputs,
+                             output_columns))
     return rows
 
 

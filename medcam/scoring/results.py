@@ -1,9 +1,13 @@
 """The results file: one CSV row per input, appended durably, resumable after any crash.
 
-Columns: ``path, status, error, sop_instance_uid, series_instance_uid, study_instance_uid,
-prob_<class>..., label, flagged, model`` (and ``overlay, cam`` when CAM files are written).
-``path`` is absolute; ``status`` is ``ok`` or ``error``; ``flagged`` is ``true`` when the
-positive class's probability is at or above the model's operating threshold.
+Columns: ``path, status, reason, sop_instance_uid, series_instance_uid, study_instance_uid,
+prob_<class>..., label, flagged, model``, then the columns of the files the run writes (see
+:attr:`medcam.scoring.ScoreOptions.output_columns`). ``path`` is absolute; ``status`` is
+``ok`` (analysed), ``not_analysed`` (refused: outside the model's intended use) or ``error``
+(the file or its outputs failed), and ``reason`` says why for the last two; ``flagged`` is
+``true`` when the positive class's probability is at or above the model's operating
+threshold, and ``label`` is the positive class exactly then (otherwise the most probable of
+the other classes). The README's "Results" section documents every column.
 
 Durability: every batch of rows is written with one ``write``, flushed and ``fsync``-ed
 before the next batch is scored. A crash (``kill -9``, power loss) can therefore leave at
@@ -23,7 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -38,11 +42,11 @@ try:
 except ImportError:  # Windows: no advisory lock, the rest works
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ModelInfo", "ResultsFile", "make_row", "read_results", "results_columns", "studies_path",
-           "write_studies"]
+__all__ = ["STATUSES", "ModelInfo", "ResultsFile", "SkippedFile", "label_of", "make_row", "read_results",
+           "results_columns", "skipped_path", "studies_path", "write_studies"]
 
-ID_COLUMNS = ("path", "status", "error", "sop_instance_uid", "series_instance_uid", "study_instance_uid")
-CAM_COLUMNS = ("overlay", "cam")
+ID_COLUMNS = ("path", "status", "reason", "sop_instance_uid", "series_instance_uid", "study_instance_uid")
+STATUSES = ("ok", "not_analysed", "error")
 _ERRORS = "surrogateescape"  # with UTF-8: any path the OS gives round-trips
 
 _LOCKED: set[int] = set()  # descriptors of the results files this process holds locked
@@ -78,28 +82,42 @@ class ModelInfo:
                    checkpoint.threshold, checkpoint.temperature)
 
 
-def results_columns(classes: Sequence[str], *, cams: bool = False) -> list[str]:
-    """The header of a results file for a model with ``classes``."""
-    return [*ID_COLUMNS, *(f"prob_{c}" for c in classes), "label", "flagged", "model",
-            *(CAM_COLUMNS if cams else ())]
+def results_columns(classes: Sequence[str], outputs: Sequence[str] = ()) -> list[str]:
+    """The header of a results file for a model with ``classes`` and the output columns ``outputs``."""
+    return [*ID_COLUMNS, *(f"prob_{c}" for c in classes), "label", "flagged", "model", *outputs]
 
 
-def make_row(model: ModelInfo, path: str, error: str, uids: Sequence[str],
-             probabilities: Sequence[float] | None, files: dict[str, str] | None = None) -> list[str]:
-    """One row; ``probabilities`` (in class order) is None for an error row.
+def label_of(model: ModelInfo, probabilities: Sequence[float]) -> tuple[str, bool]:
+    """The row's ``label`` and ``flagged``: the positive class exactly when it is flagged.
 
-    ``files``, when given, fills the CAM columns (``overlay`` and ``cam``)."""
-    if probabilities is None or error:
-        values = ["error", " ".join(error.split()) or "unknown error", *uids, *([""] * len(model.classes)), "", ""]
+    Flagged means the positive class's calibrated probability reaches the operating
+    threshold; otherwise the label is the most probable of the other classes, so that a row
+    never says PNEUMONIA and not flagged at once.
+    """
+    positive = model.classes.index(model.positive_class)
+    flagged = probabilities[positive] >= model.threshold
+    if flagged:
+        return model.positive_class, True
+    others = [i for i in range(len(model.classes)) if i != positive]
+    return model.classes[max(others, key=lambda i: probabilities[i])], False
+
+
+def make_row(model: ModelInfo, path: str, status: str, reason: str, uids: Sequence[str],
+             probabilities: Sequence[float] | None, outputs: Mapping[str, str] | None = None,
+             columns: Sequence[str] = ()) -> list[str]:
+    """One row; ``probabilities`` (in class order) only for an ``ok`` row.
+
+    ``outputs`` fills the output ``columns`` (file paths, counts), empty where absent.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    if status != "ok" or probabilities is None:
+        status = "error" if status == "ok" else status
+        values = [status, " ".join(reason.split()) or "unknown error", *uids, *([""] * len(model.classes)), "", ""]
     else:
-        best = max(range(len(model.classes)), key=lambda i: probabilities[i])
-        positive = probabilities[model.classes.index(model.positive_class)]
-        values = ["ok", "", *uids, *(f"{p:.6f}" for p in probabilities), model.classes[best],
-                  "true" if positive >= model.threshold else "false"]
-    row = [path, *values, model.model_id]
-    if files is not None:
-        row += [files.get(k, "") for k in CAM_COLUMNS]
-    return row
+        label, flagged = label_of(model, probabilities)
+        values = ["ok", "", *uids, *(f"{p:.6f}" for p in probabilities), label, "true" if flagged else "false"]
+    return [path, *values, model.model_id, *((outputs or {}).get(c, "") for c in columns)]
 
 
 class ResultsFile:
@@ -116,11 +134,12 @@ class ResultsFile:
         self._handle = handle
 
     @classmethod
-    def open(cls, path: str | Path, columns: list[str], model_id: str) -> ResultsFile:
+    def open(cls, path: str | Path, columns: list[str], model_id: str, *, resume: bool = True) -> ResultsFile:
         """Open ``path`` for appending, creating it with ``columns`` as header if needed.
 
         An existing file is checked (same columns, same model), a torn last row is cut
-        away, and the paths already present are collected in :attr:`done`.
+        away, and the paths already present are collected in :attr:`done`. With
+        ``resume=False`` an existing file is started afresh instead (``predict``, ``export``).
 
         Raises:
             MedcamError: the file is locked by another run, has other columns, was scored
@@ -131,6 +150,8 @@ class ResultsFile:
         handle = open(path, "a+", newline="", encoding="utf-8", errors=_ERRORS)  # noqa: SIM115 (closed by close())
         try:
             _lock(handle, path)
+            if not resume:
+                handle.truncate(0)
             done = _recover(handle, path, columns, model_id)
         except BaseException:
             _LOCKED.discard(handle.fileno())
@@ -170,30 +191,58 @@ def read_results(path: str | Path) -> Iterator[dict[str, str]]:
             yield dict(zip(header or (), fields, strict=False))
 
 
-def studies_path(results: str | Path) -> Path:
-    """Where the per-study file of ``results`` goes: ``RESULTS.csv`` -> ``RESULTS.studies.csv``."""
+def _beside(results: str | Path, kind: str) -> Path:
     results = Path(results)
     stem = results.name[:-4] if results.name.lower().endswith(".csv") else results.name
-    return results.with_name(f"{stem}.studies.csv")
+    return results.with_name(f"{stem}.{kind}.csv")
+
+
+def studies_path(results: str | Path) -> Path:
+    """Where the per-study file of ``results`` goes: ``RESULTS.csv`` -> ``RESULTS.studies.csv``."""
+    return _beside(results, "studies")
+
+
+def skipped_path(results: str | Path) -> Path:
+    """Where the files a run passed over are listed: ``RESULTS.csv`` -> ``RESULTS.skipped.csv``."""
+    return _beside(results, "skipped")
+
+
+class SkippedFile:
+    """``RESULTS.skipped.csv``: ``path, reason`` of every file found in a folder that is not an
+    input (a DICOMDIR, a text file ...). Written afresh by every run, since every run walks the
+    folders again; appended per batch."""
+
+    def __init__(self, results: str | Path) -> None:
+        self.path = skipped_path(results)
+        with open(self.path, "w", newline="", encoding="utf-8", errors=_ERRORS) as f:
+            csv.writer(f, lineterminator="\n").writerow(["path", "reason"])
+
+    def append(self, rows: Sequence[tuple[str, str]]) -> None:
+        if rows:
+            with open(self.path, "a", newline="", encoding="utf-8", errors=_ERRORS) as f:
+                csv.writer(f, lineterminator="\n").writerows(rows)
 
 
 def write_studies(results: str | Path, positive_class: str, out: str | Path | None = None) -> Path:
     """(Re)build the per-study file from ``results``, atomically, and return its path.
 
     One row per Study Instance UID (non-DICOM inputs have none and are left out), highest
-    ``max_prob_<positive_class>`` first: ``study_instance_uid, n_images, n_ok, n_error,
-    max_prob_<positive>, flagged`` (any image flagged), ``model``.
+    ``max_prob_<positive_class>`` first: ``study_instance_uid, n_images, n_ok,
+    n_not_analysed, n_error, max_prob_<positive>, flagged`` (any image flagged), ``model``.
     """
     out = Path(out) if out is not None else studies_path(results)
     column = f"prob_{positive_class}"
-    studies: dict[str, list] = {}  # uid -> [n, n_ok, n_error, max probability or None, flagged, models]
+    studies: dict[str, list] = {}  # uid -> [n, n_ok, n_error, max p or None, flagged, models, n_not_analysed]
     for row in read_results(results):
         uid = row.get("study_instance_uid", "")
         if not uid:
             continue
-        entry = studies.setdefault(uid, [0, 0, 0, None, False, set()])
+        entry = studies.setdefault(uid, [0, 0, 0, None, False, set(), 0])
         entry[0] += 1
         entry[5].add(row.get("model", ""))
+        if row.get("status") == "not_analysed":
+            entry[6] += 1
+            continue
         if row.get("status") != "ok":
             entry[2] += 1
             continue
@@ -204,10 +253,10 @@ def write_studies(results: str | Path, positive_class: str, out: str | Path | No
     ordered = sorted(studies.items(), key=lambda kv: (-(kv[1][3] if kv[1][3] is not None else -1.0), kv[0]))
     with atomic_open(out, "w", newline="", encoding="utf-8", errors=_ERRORS) as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["study_instance_uid", "n_images", "n_ok", "n_error", f"max_{column}",
+        writer.writerow(["study_instance_uid", "n_images", "n_ok", "n_not_analysed", "n_error", f"max_{column}",
                          "flagged", "model"])
-        for uid, (n, n_ok, n_error, best, flagged, models) in ordered:
-            writer.writerow([uid, n, n_ok, n_error, "" if best is None else f"{best:.6f}",
+        for uid, (n, n_ok, n_error, best, flagged, models, n_refused) in ordered:
+            writer.writerow([uid, n, n_ok, n_refused, n_error, "" if best is None else f"{best:.6f}",
                              "true" if flagged else "false" if best is not None else "",
                              ";".join(sorted(models))])
     return out
@@ -234,10 +283,15 @@ def _recover(handle: IO[str], path: Path, columns: list[str], model_id: str) -> 
     for number, (fields, end) in enumerate(_rows_with_ends(handle), start=1):
         if header is None:
             header = fields
+            if header[:3] == ["path", "status", "error"]:
+                raise MedcamError(
+                    f"{path} was written by an older medcam (an 'error' column where rows now have "
+                    "'reason' and the status not_analysed); score into a new --out, or rename the old file"
+                )
             if header != columns:
                 raise MedcamError(
                     f"{path} has the columns {','.join(header)}, but this run writes "
-                    f"{','.join(columns)} (another model, or --cams given on one run only); "
+                    f"{','.join(columns)} (another model, or --cams/--regions given on one run only); "
                     "choose another --out"
                 )
         elif len(fields) != len(columns):
