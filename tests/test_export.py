@@ -1,5 +1,8 @@
 """Region exports: DICOM SEG and SC (highdicom read-back, dciodvfy), NIfTI, PNG, COCO JSON, CSV.
 
+SR and GSPS: tests/test_export_sr.py and tests/test_export_gsps.py (all four DICOM objects
+pass dciodvfy here).
+
 Real files: the RSNA DICOMs in ../shared (skipped when absent) and RG1_UNCR.dcm (Pixel
 Spacing 0\\0) from sample_data. Regions come from synthetic maps with known blobs, so that
 every exported mask can be compared with the one that was meant.
@@ -30,6 +33,7 @@ from medcam.cli import main
 from medcam.errors import ConfigError
 from medcam.export import FORMATS, export_regions, parse_formats
 from medcam.export.contours import REGION_COLOUR, region_polygons
+from medcam.export.sc import label_box
 from medcam.export.table import COLUMNS
 from medcam.io import Image, load_image
 from medcam.models.predictor import Prediction
@@ -173,7 +177,8 @@ def test_sc_is_the_overlay_in_the_source_study(source: Path, tmp_path: Path) -> 
     assert sc.SeriesInstanceUID != header.SeriesInstanceUID
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == header.SOPInstanceUID
     overlay = np.asarray(PILImage.open(files["overlay_png"]))
-    np.testing.assert_array_equal(sc.pixel_array, overlay)
+    label = label_box(image.shape)[3]  # the burned-in "AI result" label (tests/test_export_gsps.py)
+    np.testing.assert_array_equal(sc.pixel_array[label:], overlay[label:])
 
 
 # --- dciodvfy -------------------------------------------------------------------------------
@@ -182,9 +187,9 @@ def test_sc_is_the_overlay_in_the_source_study(source: Path, tmp_path: Path) -> 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None,
                     reason="dciodvfy is not on PATH (Debian/Ubuntu: apt-get install dicom3tools)")
 @pytest.mark.parametrize("source", REAL_DICOMS)
-def test_seg_and_sc_pass_dciodvfy_with_no_error(source: Path, tmp_path: Path) -> None:
-    _, _, files = _export(_load(source), tmp_path, ("seg", "sc"))
-    for kind in ("seg", "sc"):
+def test_dicom_objects_pass_dciodvfy_with_no_error(source: Path, tmp_path: Path) -> None:
+    _, _, files = _export(_load(source), tmp_path, ("seg", "sc", "sr", "gsps"))
+    for kind in ("seg", "sc", "sr", "gsps"):
         errors, _ = _dciodvfy(files[kind])
         assert errors == [], f"{kind}: {errors}"
 
@@ -270,7 +275,7 @@ def test_formats_that_do_not_apply_are_skipped_with_a_reason(tmp_path: Path) -> 
         pytest.skip(f"{RG1_PNG} is missing")
     prediction = _prediction(_load(RG1_PNG))
     result = export_regions(prediction, find_regions(prediction), tmp_path)
-    assert set(result.skipped) == {"seg", "sc", "nifti"}
+    assert set(result.skipped) == {"seg", "sc", "sr", "gsps", "nifti"}
     assert "png source" in result.skipped["seg"]
     assert set(result.files) == {"mask_png", "overlay_png", "json", "csv"}
     assert all(p.name.startswith("RG1_PNEUMONIA_") for p in result.files.values())
@@ -326,10 +331,10 @@ def test_hostile_tag_values_write_nothing_outside_the_output_folder(
     for path in [*result.files.values(), *hostile_name.files.values()]:
         assert re.fullmatch(r"[A-Za-z0-9._-]{1,120}", path.name), path.name
     assert {"nifti", "mask_png", "overlay_png", "json", "csv"} <= set(result.files)
-    for fmt in ("seg", "sc"):  # written, or refused with the reason: never silently missing
+    for fmt in ("seg", "sc", "sr", "gsps"):  # written, or refused with the reason: never silently missing
         assert (fmt in result.files) != (fmt in result.errors)
     if keyword in ("SOPInstanceUID", "StudyInstanceUID") or (keyword == "PatientID" and "/" not in value):
-        assert keyword in result.errors["seg"] and keyword in result.errors["sc"]
+        assert all(keyword in result.errors[fmt] for fmt in ("seg", "sc", "sr", "gsps"))
     if "seg" in result.files:
         seg = hd.seg.segread(result.files["seg"])
         assert seg.PatientID == ds.PatientID

@@ -11,6 +11,10 @@ format    file                   content
 ========  =====================  ===========================================================
 seg       ``_seg.dcm``           DICOM Segmentation (:mod:`medcam.export.seg`), DICOM only
 sc        ``_sc.dcm``            DICOM Secondary Capture of the overlay (:mod:`.sc`), DICOM only
+sr        ``_sr.dcm``            DICOM SR Measurement Report (TID 1500) of the result and the
+                                 regions (:mod:`.sr`), DICOM only
+gsps      ``_gsps.dcm``          DICOM Grayscale Softcopy Presentation State with the outlines
+                                 and the result as text (:mod:`.gsps`), grayscale DICOM only
 nifti     ``_mask.nii.gz``       label image (region ids, uint16) on the source geometry;
                                  DICOM and NIfTI sources only
 png       ``_mask.png``,         mask (255 inside), and the outlines over the display image
@@ -20,14 +24,23 @@ csv       ``_regions.csv``       region measurements (:mod:`medcam.export.table`
 ========  =====================  ===========================================================
 
 A format that does not apply to the source (SEG of a PNG) is *skipped* with the reason; a
-format that applies but is refused (a DICOM whose identity is invalid) is an *error* with
-the reason. Neither stops the other formats, and both are returned.
+format that applies but fails (a DICOM whose identity is invalid, a value highdicom
+refuses, a full disk, a folder it may not write to) is an *error* with a readable reason.
+Neither stops the other formats, and both are returned: no format and no image aborts a
+batch.
+
+The DICOM objects (SEG, SC, SR, GSPS) go into the source's study with UIDs derived from
+the source, the model and the object type (:mod:`medcam.export.uids`): exporting the same
+result again writes the same UIDs, so that a PACS replaces rather than duplicates. A
+reviewed report (:class:`~medcam.export.sr.Review`, ``review=``) lists every reviewed
+region with the reviewer's decision; the other formats write ``regions`` only.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+import errno
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
@@ -36,7 +49,7 @@ import numpy as np
 
 from medcam.errors import ConfigError, MedcamError
 from medcam.export.coco import write_coco
-from medcam.export.naming import safe_name, safe_path
+from medcam.export.naming import result_stem, safe_path
 from medcam.export.nifti import write_nifti
 from medcam.export.png import write_mask_png, write_overlay_png
 from medcam.export.table import write_table
@@ -44,11 +57,12 @@ from medcam.io.image import Image
 from medcam.regions import RegionSet
 
 if TYPE_CHECKING:
+    from medcam.export.sr import Review
     from medcam.models.predictor import Prediction
 
 __all__ = ["FORMATS", "ExportFormat", "ExportResult", "default_name", "export_regions", "parse_formats"]
 
-ExportFormat = Literal["seg", "sc", "nifti", "png", "json", "csv"]
+ExportFormat = Literal["seg", "sc", "sr", "gsps", "nifti", "png", "json", "csv"]
 FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 
 
@@ -77,8 +91,8 @@ class ExportResult:
     """What :func:`export_regions` wrote, skipped and refused.
 
     Attributes:
-        files: written files by kind (``seg``, ``sc``, ``nifti``, ``mask_png``,
-            ``overlay_png``, ``json``, ``csv``).
+        files: written files by kind (``seg``, ``sc``, ``sr``, ``gsps``, ``nifti``,
+            ``mask_png``, ``overlay_png``, ``json``, ``csv``).
         skipped: format -> why it does not apply to this source.
         errors: format -> why it was refused.
         notes: remarks about the source header (attributes not copied into DICOM objects).
@@ -105,7 +119,8 @@ def default_name(image: Image) -> str:
 
 
 def export_regions(prediction: Prediction, regions: RegionSet, out_dir: str | Path,
-                   formats: Sequence[str] | str = FORMATS, *, name: str | None = None) -> ExportResult:
+                   formats: Sequence[str] | str = FORMATS, *, name: str | None = None,
+                   review: Review | None = None) -> ExportResult:
     """Write ``regions`` of ``prediction``'s image in every requested format.
 
     Args:
@@ -114,10 +129,12 @@ def export_regions(prediction: Prediction, regions: RegionSet, out_dir: str | Pa
         out_dir: the output folder (created); nothing is written outside it.
         formats: a subset of :data:`FORMATS`, or a comma-separated string.
         name: the file name stem (default :func:`default_name`); sanitised in any case.
+        review: a reviewer's decisions; the SR then lists ``review.regions`` with them.
 
     Raises:
         ConfigError: an unknown format.
         ValueError: regions that are not on the image's grid.
+        OSError: the output folder cannot be created.
     """
     wanted = parse_formats(formats)
     image = prediction.image
@@ -125,44 +142,83 @@ def export_regions(prediction: Prediction, regions: RegionSet, out_dir: str | Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # sanitised twice: the stem alone (short enough that ".nii.gz" survives), then the file name
-    stem = safe_name(f"{name if name is not None else default_name(image)}_{regions.class_name}", max_length=80)
+    stem = result_stem(name if name is not None else default_name(image), regions.class_name)
 
     def target(suffix: str) -> Path:
         return safe_path(out, f"{stem}_{suffix}")
 
-    model_id = prediction.model_id
     files: dict[str, Path] = {}
     skipped: dict[str, str] = {}
     errors: dict[str, str] = {}
     notes: list[str] = []
     for fmt in wanted:
-        if fmt in ("seg", "sc") and image.format != "dicom":
-            skipped[fmt] = f"a {image.format} source has no DICOM study to add a {fmt.upper()} to"
-            continue
-        if fmt == "nifti" and image.affine is None:
-            skipped[fmt] = f"a {image.format} source has no geometry for NIfTI"
+        reason = _not_applicable(fmt, image)
+        if reason:
+            skipped[fmt] = reason
             continue
         try:
-            if fmt == "seg":
-                from medcam.export.seg import write_seg
-
-                files["seg"], seg_notes = write_seg(target("seg.dcm"), image, regions, model_id=model_id)
-                notes += [n for n in seg_notes if n not in notes]
-            elif fmt == "sc":
-                from medcam.export.sc import write_sc
-
-                files["sc"], sc_notes = write_sc(target("sc.dcm"), image, regions, model_id=model_id)
-                notes += [n for n in sc_notes if n not in notes]
-            elif fmt == "nifti":
-                files["nifti"] = write_nifti(target("mask.nii.gz"), image, regions.labels[None].astype(np.uint16),
-                                             description=f"medcam {regions.class_name} regions")
-            elif fmt == "png":
-                files["mask_png"] = write_mask_png(target("mask.png"), regions)
-                files["overlay_png"] = write_overlay_png(target("overlay.png"), image, regions)
-            elif fmt == "json":
-                files["json"] = write_coco(target("regions.json"), image, regions, model_id=model_id)
-            else:
-                files["csv"] = write_table(target("regions.csv"), image, regions, model_id=model_id)
-        except MedcamError as err:
-            errors[fmt] = str(err)
+            written, format_notes = _write(fmt, target, prediction, regions, review)
+        except Exception as err:  # every failure becomes this format's error (module doc)
+            errors[fmt] = _reason(fmt, err)
+            continue
+        files.update(written)
+        notes += [n for n in format_notes if n not in notes]
     return ExportResult(files=files, skipped=skipped, errors=errors, notes=tuple(notes))
+
+
+def _not_applicable(fmt: ExportFormat, image: Image) -> str:
+    """Why ``fmt`` does not apply to ``image``, or ``""``."""
+    if fmt in ("seg", "sc", "sr", "gsps") and image.format != "dicom":
+        return f"a {image.format} source has no DICOM study to add a {fmt.upper()} to"
+    if fmt == "nifti" and image.affine is None:
+        return f"a {image.format} source has no geometry for NIfTI"
+    return ""
+
+
+def _write(fmt: ExportFormat, target: Callable[[str], Path], prediction: Prediction, regions: RegionSet,
+           review: Review | None) -> tuple[dict[str, Path], tuple[str, ...]]:
+    """Write one format; returns the files by kind and the notes on the source header."""
+    image, model_id = prediction.image, prediction.model_id
+    if fmt == "seg":
+        from medcam.export.seg import write_seg
+
+        path, notes = write_seg(target("seg.dcm"), image, regions, model_id=model_id)
+        return {"seg": path}, notes
+    if fmt == "sc":
+        from medcam.export.sc import write_sc
+
+        path, notes = write_sc(target("sc.dcm"), prediction, regions)
+        return {"sc": path}, notes
+    if fmt == "sr":
+        from medcam.export.sr import write_sr
+
+        path, notes = write_sr(target("sr.dcm"), prediction, regions, review=review)
+        return {"sr": path}, notes
+    if fmt == "gsps":
+        from medcam.export.gsps import write_gsps
+
+        path, notes = write_gsps(target("gsps.dcm"), prediction, regions)
+        return {"gsps": path}, notes
+    if fmt == "nifti":
+        path = write_nifti(target("mask.nii.gz"), image, regions.labels[None].astype(np.uint16),
+                           description=f"medcam {regions.class_name} regions")
+        return {"nifti": path}, ()
+    if fmt == "png":
+        return {"mask_png": write_mask_png(target("mask.png"), regions),
+                "overlay_png": write_overlay_png(target("overlay.png"), image, regions)}, ()
+    if fmt == "json":
+        return {"json": write_coco(target("regions.json"), image, regions, model_id=model_id)}, ()
+    return {"csv": write_table(target("regions.csv"), image, regions, model_id=model_id)}, ()
+
+
+def _reason(fmt: ExportFormat, err: Exception) -> str:
+    """A readable sentence for why ``fmt`` failed."""
+    if isinstance(err, MedcamError):
+        return str(err)
+    if isinstance(err, OSError):
+        what = err.strerror or errno.errorcode.get(err.errno or 0, "") or str(err)
+        where = f" {err.filename}" if err.filename else ""
+        return f"could not write the {fmt.upper()} file{where}: {what}"
+    if isinstance(err, ValueError):
+        return f"the {fmt.upper()} was refused: {err}"
+    return f"the {fmt.upper()} failed ({type(err).__name__}): {err}"

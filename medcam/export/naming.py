@@ -12,7 +12,7 @@ import hashlib
 import re
 from pathlib import Path
 
-__all__ = ["safe_name", "safe_path"]
+__all__ = ["result_stem", "safe_name", "safe_path"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -42,3 +42,8 @@ def safe_path(folder: str | Path, name: str) -> Path:
     if path.parent != root:  # cannot happen with a cleaned name; kept as a guard
         raise ValueError(f"refusing to write {path}: outside {root}")
     return path
+
+
+def result_stem(name: str, class_name: str) -> str:
+    """The file name stem ``<name>_<class>`` of one image's results, short enough for any suffix."""
+    return safe_name(f"{name}_{class_name}", max_length=80)

@@ -7,42 +7,61 @@ of the source's study, with the source's patient and study (from the checked hea
 references the source image, Image Type ``DERIVED\\SECONDARY`` and a Derivation
 Description that says how it was made. Patient Orientation, Body Part Examined and
 Laterality are copied from the source (the Type 2C ones empty, as DICOM allows, when the
-source has none); Pixel Spacing is copied when it is known and positive. The outlines carry
-no text, so Burned In Annotation is ``NO``.
+source has none); Pixel Spacing is copied when it is known and positive.
+
+The image says what it is: a label is burned into its top left corner (white on black,
+Pillow's default font scaled to the image) with "AI result - not for diagnostic use" and
+the result (:func:`~medcam.export.gsps.result_text`: class, probability, model), so Burned
+In Annotation is ``YES``; the Series Description is "medcam AI result (not for diagnostic
+use)". Series and instance UIDs are derived from the study, source, model and class
+(:mod:`medcam.export.uids`).
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageDraw, ImageFont
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 import medcam
 from medcam.export.contours import draw_regions
-from medcam.export.dicom_source import positive_spacing, reference_dataset
-from medcam.io.image import Image
+from medcam.export.dicom_source import positive_spacing, reference_dataset, save_dicom
+from medcam.export.equipment import add_device_uid, contributing_equipment, equipment
+from medcam.export.gsps import AI_LABEL, result_text
+from medcam.export.sr import SR_SERIES_DESCRIPTION
+from medcam.export.uids import instance_uid, series_uid
 from medcam.regions import RegionSet
 
-__all__ = ["SC_SERIES_NUMBER", "build_sc", "write_sc"]
+if TYPE_CHECKING:
+    from medcam.models.predictor import Prediction
+
+__all__ = ["SC_SERIES_NUMBER", "build_sc", "burn_label", "label_box", "write_sc"]
 
 SC_SERIES_NUMBER = 902
 
 
-def build_sc(image: Image, regions: RegionSet, *, model_id: str = "") -> tuple[hd.sc.SCImage, tuple[str, ...]]:
-    """The Secondary Capture of ``regions`` drawn over ``image``, and notes on the source header.
+def build_sc(prediction: Prediction, regions: RegionSet) -> tuple[hd.sc.SCImage, tuple[str, ...]]:
+    """The Secondary Capture of ``regions`` drawn over ``prediction``'s image, labelled as an AI
+    result, and notes on the source header.
 
     Raises:
         UnsupportedInputError: the source is not DICOM or its identity is invalid.
         ValueError: the regions are not on the image's grid.
     """
+    image = prediction.image
     regions.check_grid(image)
     source, notes = reference_dataset(image)
-    rgb = draw_regions(image.pixels, regions.regions)
+    model_id = prediction.model_id or "unknown"
+    detail = result_text(prediction).removeprefix(f"{AI_LABEL}: ")
+    rgb = burn_label(draw_regions(image.pixels, regions.regions), [AI_LABEL, detail])
     spacing = source.get("PixelSpacing")
     class_name = regions.class_name or "region"
     with warnings.catch_warnings():  # the source's own single-component names are copied as they are
@@ -55,13 +74,14 @@ def build_sc(image: Image, regions: RegionSet, *, model_id: str = "") -> tuple[h
             coordinate_system=hd.CoordinateSystemNames.PATIENT,
             # required by highdicom for PATIENT; replaced below by the source's own value
             patient_orientation=("L", "F"),
-            series_instance_uid=hd.UID(),
+            series_instance_uid=series_uid(source.StudyInstanceUID, model_id, "sc"),
             series_number=SC_SERIES_NUMBER,
-            sop_instance_uid=hd.UID(),
+            sop_instance_uid=instance_uid(source.SOPInstanceUID, model_id, "sc", class_name),
             instance_number=1,
-            manufacturer="medcam",
             transfer_syntax_uid=ExplicitVRLittleEndian,
-            series_description=f"medcam {class_name} regions overlay"[:64],
+            series_description=SR_SERIES_DESCRIPTION,
+            contributing_equipment=[contributing_equipment(model_id)],
+            **equipment(model_id),
         )
     sc.PatientOrientation = source.get("PatientOrientation", "")
     if positive_spacing(spacing):
@@ -71,21 +91,46 @@ def build_sc(image: Image, regions: RegionSet, *, model_id: str = "") -> tuple[h
     if "Laterality" in source or "BodyPartExamined" not in source:
         sc.Laterality = source.get("Laterality", "")  # General Series, Type 2C: empty when unknown
     sc.ImageType = ["DERIVED", "SECONDARY"]
-    sc.BurnedInAnnotation = "NO"
+    sc.BurnedInAnnotation = "YES"
     sc.DerivationDescription = (f"medcam {medcam.__version__} CAM regions of {class_name} "
-                                f"({regions.options.describe()}; model {model_id or 'unknown'}) "
-                                "outlined on the display image")[:1024]
+                                f"({regions.options.describe()}; model {model_id}) outlined on the "
+                                f"display image; labelled '{AI_LABEL}' with the result")[:1024]
     sc.SourceImageSequence = [_source_reference(source)]
+    add_device_uid(sc, model_id)
     return sc, notes
 
 
-def write_sc(path: str | Path, image: Image, regions: RegionSet, *,
-             model_id: str = "") -> tuple[Path, tuple[str, ...]]:
+def write_sc(path: str | Path, prediction: Prediction, regions: RegionSet) -> tuple[Path, tuple[str, ...]]:
     """Write :func:`build_sc`'s object to ``path``; returns the path and the notes."""
-    sc, notes = build_sc(image, regions, model_id=model_id)
-    path = Path(path)
-    sc.save_as(path)
-    return path, notes
+    sc, notes = build_sc(prediction, regions)
+    return save_dicom(sc, path), notes
+
+
+def label_box(shape: tuple[int, int], lines: int = 2) -> tuple[int, int, int, int]:
+    """``(left, top, right, bottom)`` in pixels (ends exclusive) of the label :func:`burn_label` draws."""
+    rows, cols = shape
+    size = _font_size(shape)
+    margin = max(2, size // 3)
+    return 0, 0, cols, min(rows, margin * 2 + lines * (size + margin))
+
+
+def burn_label(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
+    """``rgb`` (uint8 ``(H, W, 3)``) with ``lines`` written white on a black band across the top."""
+    canvas = PILImage.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(canvas)
+    size = _font_size(rgb.shape[:2])
+    margin = max(2, size // 3)
+    font = ImageFont.load_default(size=size)
+    left, top, right, bottom = label_box(rgb.shape[:2], len(lines))
+    draw.rectangle((left, top, right - 1, bottom - 1), fill=(0, 0, 0))  # Pillow's corners are inclusive
+    for i, line in enumerate(lines):
+        draw.text((margin, margin + i * (size + margin)), line, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
+
+
+def _font_size(shape: tuple[int, int]) -> int:
+    """Text height in pixels: 1/40 of the image's height, at least 10."""
+    return max(10, shape[0] // 40)
 
 
 def _source_reference(source: Dataset) -> Dataset:

@@ -14,6 +14,9 @@ with coded concepts:
 - algorithm type AUTOMATIC, algorithm "medcam" (family "Artificial Intelligence", version
   :data:`medcam.__version__`) with the model id, class and threshold rule as parameters.
 
+Identity: series and instance UIDs derived from the study, source, model and class
+(:mod:`medcam.export.uids`), equipment attributes from :mod:`medcam.export.equipment`.
+
 Projection radiographs and secondary captures have no Frame of Reference: the segmentation
 is then aligned with its source pixel for pixel, and carries no Pixel Measures Sequence
 (highdicom 0.28 would write one without Slice Thickness that it then cannot read back).
@@ -30,7 +33,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 import medcam
-from medcam.export.dicom_source import reference_dataset
+from medcam.export.dicom_source import reference_dataset, save_dicom
+from medcam.export.equipment import add_device_uid, contributing_equipment, equipment
+from medcam.export.uids import instance_uid, series_uid
 from medcam.io.image import Image
 from medcam.regions import RegionSet
 
@@ -77,14 +82,12 @@ def build_seg(image: Image, regions: RegionSet, *, model_id: str = "") -> tuple[
             pixel_array=regions.mask[None].astype(np.uint8),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[segment],
-            series_instance_uid=hd.UID(),
+            series_instance_uid=series_uid(source.StudyInstanceUID, model_id or "unknown", "seg"),
             series_number=SEG_SERIES_NUMBER,
-            sop_instance_uid=hd.UID(),
+            sop_instance_uid=instance_uid(source.SOPInstanceUID, model_id or "unknown", "seg", class_name),
             instance_number=1,
-            manufacturer="medcam",
-            manufacturer_model_name="medcam",
-            software_versions=medcam.__version__,
-            device_serial_number=(model_id or "unknown")[:64],
+            contributing_equipment=[contributing_equipment(model_id)],
+            **equipment(model_id),
             content_label="MEDCAM_CAM",
             content_description=f"medcam CAM regions of {class_name}"[:64],
             series_description=f"medcam {class_name} regions"[:64],
@@ -94,6 +97,7 @@ def build_seg(image: Image, regions: RegionSet, *, model_id: str = "") -> tuple[
     if "ImageOrientationPatient" not in source and "PatientOrientation" not in seg:
         # General Image: Type 2C when there is no Image Orientation (Patient); copied, empty if unknown
         seg.PatientOrientation = source.get("PatientOrientation", "")
+    add_device_uid(seg, model_id)
     return seg, notes
 
 
@@ -101,6 +105,4 @@ def write_seg(path: str | Path, image: Image, regions: RegionSet, *,
               model_id: str = "") -> tuple[Path, tuple[str, ...]]:
     """Write :func:`build_seg`'s object to ``path``; returns the path and the notes."""
     seg, notes = build_seg(image, regions, model_id=model_id)
-    path = Path(path)
-    seg.save_as(path)
-    return path, notes
+    return save_dicom(seg, path), notes

@@ -5,6 +5,11 @@ reviewer accepted are exported; they keep the ids they were reviewed under (so t
 label image, the NIfTI label values, the JSON annotation ids and the review CSV agree). Each
 export goes to a new folder ``<exports>/<image name>-<first 12 hex of its hash>/<UTC time>``,
 so an earlier export is never overwritten, and is offered to the browser as one zip file.
+
+The SR (format ``sr``) is the exception to "accepted only": it is the reviewer's report, so
+it lists every region of the map with the reviewer's decision (accepted, rejected, or none
+yet) and names the reviewer as its person observer (:class:`medcam.export.sr.Review`); it
+needs the reviewer's name.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medcam.export import FORMATS, ExportResult, export_regions, safe_name
+from medcam.export import FORMATS, ExportResult, export_regions, parse_formats, safe_name
+from medcam.export.sr import Review
 from medcam.models.predictor import Prediction
 from medcam.regions import RegionSet
 
@@ -48,16 +54,37 @@ def export_folder(root: str | Path, name: str, key: str) -> Path:
 
 
 def export_accepted(prediction: Prediction, regions: RegionSet, accepted: Collection[int], out_dir: str | Path,
-                    formats: Sequence[str]) -> ExportResult:
+                    formats: Sequence[str], *, reviewer: str | None = None,
+                    rejected: Collection[int] = ()) -> ExportResult:
     """Write the accepted regions in ``formats`` (a subset of :data:`FORMATS`) into ``out_dir``.
 
+    Args:
+        prediction: the image's prediction.
+        regions: every region of the reviewed map.
+        accepted: ids of the regions the reviewer accepted.
+        out_dir: the export folder (:func:`export_folder`).
+        formats: the formats to write.
+        reviewer: the reviewer's name; required for the SR.
+        rejected: ids of the regions the reviewer rejected (recorded in the SR).
+
     Raises:
-        ValueError: no region accepted, or an unknown region id.
+        ValueError: no region accepted, an unknown region id, a region both accepted and
+            rejected, or an SR without a reviewer name.
         ConfigError: an unknown format.
     """
     if not accepted:
         raise ValueError("no region is accepted: accept at least one region to export")
-    return export_regions(prediction, accepted_regions(regions, accepted), out_dir, formats)
+    kept = accepted_regions(regions, accepted)
+    review = None
+    if "sr" in parse_formats(formats):
+        if reviewer is None or not reviewer.strip():
+            raise ValueError("the SR records the reviewer's decisions: give the reviewer's name to export it")
+        both = {int(i) for i in accepted} & {int(i) for i in rejected}
+        if both:
+            raise ValueError(f"regions {sorted(both)} are both accepted and rejected")
+        decisions = {int(i): False for i in rejected} | {int(i): True for i in accepted}
+        review = Review(reviewer=reviewer, regions=regions, decisions=decisions)
+    return export_regions(prediction, kept, out_dir, formats, review=review)
 
 
 def zip_files(files: Mapping[str, Path]) -> bytes:

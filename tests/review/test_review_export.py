@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from medcam.export import export_regions
 from medcam.io import load_image
 from medcam.models import Classifier, Prediction
 from medcam.regions import RegionOptions, find_regions, regions_from_map
@@ -63,3 +64,50 @@ def test_a_png_source_gets_no_seg(tiny_classifier: Classifier, tmp_path: Path) -
     regions = find_regions(pred, "PNEUMONIA", RegionOptions(value=0.3))
     result = export_accepted(pred, regions, [regions.regions[0].id], tmp_path, ["seg", "png"])
     assert "seg" in result.skipped and set(result.files) == {"mask_png", "overlay_png"}
+
+
+def test_the_reviewers_sr_records_each_decision_and_the_reviewer(prediction: Prediction, tmp_path: Path) -> None:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    rows, cols = prediction.image.shape
+    heat = np.zeros((rows, cols), np.float32)  # three known blobs on the radiograph's grid
+    heat[rows // 5: rows // 3, cols // 6: cols // 3] = 3.0
+    heat[rows // 2: rows // 2 + rows // 8, cols // 2: cols // 2 + cols // 6] = 2.0
+    heat[rows - rows // 6: rows - rows // 10, cols // 10: cols // 5] = 1.0
+    regions = regions_from_map(heat, options=RegionOptions(value=0.2), spacing=prediction.image.spacing,
+                               class_name="PNEUMONIA", probability=prediction.probability("PNEUMONIA"))
+    assert len(regions) == 3
+    first, second = regions.regions[0].id, regions.regions[1].id
+    with pytest.raises(ValueError, match="give the reviewer's name"):
+        export_accepted(prediction, regions, [first], tmp_path / "none", ["sr"])
+    with pytest.raises(ValueError, match="both accepted and rejected"):
+        export_accepted(prediction, regions, [first], tmp_path / "both", ["sr"], reviewer="Ada Lovelace",
+                        rejected=[first])
+    result = export_accepted(prediction, regions, [first], tmp_path / "a", ["sr", "seg"],
+                             reviewer="Lovelace^Ada", rejected=[second])
+    assert not result.errors, result.errors
+    sr = hd.sr.srread(result.files["sr"])
+    source_uid = prediction.image.identity.sop_instance_uid  # type: ignore[union-attr]
+    assert sr.StudyInstanceUID == prediction.image.dicom.StudyInstanceUID  # type: ignore[union-attr]
+    context = sr.content.get_observer_contexts(observer_type=codes.DCM.Person)
+    assert [str(c.observer_identifying_attributes.name) for c in context] == ["Lovelace^Ada"]
+    assert sr.content.get_observer_contexts(observer_type=codes.DCM.Device)  # medcam made the regions
+    rois = sr.content.get_planar_roi_measurement_groups()
+    assert len(rois) == len(regions)  # the report lists every region, the other formats the accepted only
+    decisions = {}
+    for roi, region in zip(rois, regions, strict=True):
+        (selected_from,) = roi.roi.ContentSequence  # type: ignore[union-attr]
+        assert selected_from.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source_uid
+        evaluations = [q.value.meaning for q in roi.get_qualitative_evaluations() if q.value.meaning in
+                       ("Present", "Absent")]
+        decisions[region.id] = evaluations
+    assert decisions[first] == ["Present"] and decisions[second] == ["Absent"]
+    assert all(decisions[r.id] == [] for r in regions.regions[2:])  # undecided
+    seg = pydicom.dcmread(result.files["seg"])
+    assert np.array_equal(seg.pixel_array.astype(bool), regions.regions[0].mask)
+    again = export_accepted(prediction, regions, [first], tmp_path / "b", ["sr"], reviewer="Lovelace^Ada",
+                            rejected=[second])
+    ai_only = export_regions(prediction, regions, tmp_path / "c", ["sr"])
+    uids = [pydicom.dcmread(r.files["sr"]).SOPInstanceUID for r in (result, again, ai_only)]
+    assert uids[0] == uids[1] != uids[2]  # the same review replaces; it never replaces the AI's own report
