@@ -53,13 +53,13 @@ def test_predict_writes_overlays_maps_and_table(tiny_checkpoint: Path, inputs: l
     out = tmp_path / "out"
     code = main(["predict", str(inputs[0].parent), "--model", str(tiny_checkpoint), "--out", str(out),
                  "--colour-map", "inferno", "--opacity", "0.7"])
-    assert code == 1  # one input (the RT plan) was refused
+    assert code == 3  # finished, one input (the RT plan) was refused
     printed = capsys.readouterr().out
     assert "UNTRAINED PLACEHOLDER" in printed and re.search(r"plan\.dcm\s+error: .*no pixel data", printed)
 
     rows = _rows(out)
     assert set(rows) == {"ct_no_extension", "plan.dcm", "chest.png"}  # notes.txt skipped
-    assert rows["plan.dcm"]["status"] == "error" and "no pixel data" in rows["plan.dcm"]["error"]
+    assert rows["plan.dcm"]["status"] == "error" and "no pixel data" in rows["plan.dcm"]["reason"]
 
     ct_image = load_image(inputs[0])
     ct = rows["ct_no_extension"]
@@ -67,6 +67,7 @@ def test_predict_writes_overlays_maps_and_table(tiny_checkpoint: Path, inputs: l
     p_normal, p_pneumonia = float(ct["prob_NORMAL"]), float(ct["prob_PNEUMONIA"])
     assert p_normal + p_pneumonia == pytest.approx(1.0, abs=1e-5)
     assert ct["flagged"] == str(p_pneumonia >= 0.3).lower()
+    assert (ct["label"] == "PNEUMONIA") == (ct["flagged"] == "true")
 
     # the table agrees with the library called directly
     direct = Classifier(str(tiny_checkpoint)).classify([ct_image])[0]
@@ -98,13 +99,18 @@ def test_predict_writes_overlays_maps_and_table(tiny_checkpoint: Path, inputs: l
 def test_predict_rejects_unknown_class_and_colour_map(tiny_checkpoint: Path, inputs: list[Path],
                                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", str(inputs[2]), "--model", str(tiny_checkpoint), "--out", str(tmp_path),
-                 "--class", "EFFUSION"]) == 2
+                 "--class", "EFFUSION"]) == 1
     assert "EFFUSION" in capsys.readouterr().err
     assert main(["predict", str(inputs[2]), "--model", str(tiny_checkpoint), "--out", str(tmp_path),
-                 "--colour-map", "no-such-map"]) == 2
+                 "--class", "pneumonai"]) == 1
+    assert "did you mean 'PNEUMONIA'" in capsys.readouterr().err
+    assert main(["predict", str(inputs[2]), "--model", str(tiny_checkpoint), "--out", str(tmp_path),
+                 "--class", "pneumonia"]) == 0  # any case
+    assert main(["predict", str(inputs[2]), "--model", str(tiny_checkpoint), "--out", str(tmp_path),
+                 "--colour-map", "no-such-map"]) == 1
     assert "unknown colour map 'no-such-map'" in capsys.readouterr().err
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["predict", str(tmp_path), "--model", str(tmp_path / "nope.pt")]) == 2
+    assert main(["predict", str(tmp_path), "--model", str(tmp_path / "nope.pt")]) == 1
     assert "nope.pt: no such checkpoint file" in capsys.readouterr().err

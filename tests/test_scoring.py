@@ -36,11 +36,12 @@ from medcam.scoring import (
     results_columns,
     score,
     score_ray,
+    skipped_path,
     studies_path,
 )
 from medcam.scoring.dataset import Record, ScoringDataset, make_loader
 from medcam.scoring.discover import Item
-from medcam.scoring.options import cam_name
+from medcam.scoring.options import output_name
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DICOM = REPO / "sample_data" / "dicom"
@@ -130,8 +131,11 @@ def test_discovery_by_content_skips_non_images_and_survives_a_symlink_loop(
     for ok in ("no_extension", "rle.bin", "chest.png"):
         assert rows[ok]["status"] == "ok", rows[ok]
     assert rows["named_junk.bin"]["status"] == "error"
-    assert "unknown format" in rows["named_junk.bin"]["error"]
-    assert "no such file" in rows["missing.dcm"]["error"]
+    assert "unknown format" in rows["named_junk.bin"]["reason"]
+    assert "no such file" in rows["missing.dcm"]["reason"]
+    with open(skipped_path(out), newline="") as f:
+        skipped = {Path(r["path"]).name: r["reason"] for r in csv.DictReader(f)}
+    assert set(skipped) == {"notes.txt", "random.dat"} and all("not an image" in r for r in skipped.values())
     assert rows["chest.png"]["study_instance_uid"] == ""
 
 
@@ -154,7 +158,7 @@ def test_unreadable_folder_gets_an_error_row_and_the_rest_is_scored(
     rows = by_name(out)
     assert rows["a"]["status"] == "ok"
     assert rows["locked"]["status"] == "error"
-    assert "cannot read folder (Permission denied)" in rows["locked"]["error"]
+    assert "cannot read folder (Permission denied)" in rows["locked"]["reason"]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their mode")
@@ -165,7 +169,7 @@ def test_chmod_000_folder_is_reported(classifier: Classifier, tmp_path: Path) ->
     try:
         out = tmp_path / "r.csv"
         score([folder], classifier, options(out))
-        assert "cannot read folder" in by_name(out)["locked"]["error"]
+        assert "cannot read folder" in by_name(out)["locked"]["reason"]
     finally:
         (folder / "locked").chmod(0o755)
 
@@ -188,7 +192,7 @@ def test_columns_and_probabilities_agree_with_the_classifier(classifier: Classif
     score([ct.parent], classifier, options(out, batch_size=3))
     with open(out, newline="") as f:
         header = next(csv.reader(f))
-    assert header == ["path", "status", "error", "sop_instance_uid", "series_instance_uid",
+    assert header == ["path", "status", "reason", "sop_instance_uid", "series_instance_uid",
                       "study_instance_uid", "prob_NORMAL", "prob_PNEUMONIA", "label", "flagged", "model"]
     row = by_name(out)["ct"]
     assert row["path"] == str(ct)
@@ -198,8 +202,8 @@ def test_columns_and_probabilities_agree_with_the_classifier(classifier: Classif
     p = float(row["prob_PNEUMONIA"])
     assert p == pytest.approx(direct.probability("PNEUMONIA"), abs=1e-5)
     assert float(row["prob_NORMAL"]) == pytest.approx(direct.probability("NORMAL"), abs=1e-5)
-    assert row["label"] == ("PNEUMONIA" if p > 0.5 else "NORMAL")
     assert row["flagged"] == str(p >= classifier.checkpoint.threshold).lower()
+    assert row["label"] == ("PNEUMONIA" if p >= classifier.checkpoint.threshold else "NORMAL")
     assert row["model"] == classifier.checkpoint.model_id
 
 
@@ -227,12 +231,12 @@ def test_bad_files_get_error_rows_with_reasons_and_do_not_stop_the_batch(
     out = tmp_path / "r.csv"
     code = main(["score", str(folder), str(random_bytes), "--out", str(out), "--model",
                  str(Path(classifier.checkpoint.path)), "--workers", "2", "--batch-size", "3"])
-    assert code == 1  # some rows are errors
+    assert code == 3  # finished, some rows are errors
     rows = by_name(out)
     assert rows["0_good"]["status"] == rows["6_good_after"]["status"] == "ok"
-    reasons = {name: r["error"] for name, r in rows.items() if r["status"] == "error"}
+    reasons = {name: r["reason"] for name, r in rows.items() if r["status"] == "error"}
     assert set(reasons) == {"1_truncated", "2_corrupt", "3_mpeg2", "4_colour", "5_plan", "random.bin"}
-    assert reasons["1_truncated"].startswith("truncated pixel data")
+    assert reasons["1_truncated"].startswith("truncated")
     assert "corrupt DICOM" in reasons["2_corrupt"] or "not an image" in reasons["2_corrupt"]
     assert "cannot decode the pixel data (MPEG2" in reasons["3_mpeg2"]
     assert "not supported" in reasons["3_mpeg2"]
@@ -263,8 +267,8 @@ def test_studies_file_aggregates_each_study(classifier: Classifier, tmp_path: Pa
     rows = rows_of(out)
     with open(summary.studies, newline="") as f:
         studies = list(csv.DictReader(f))
-    assert list(studies[0]) == ["study_instance_uid", "n_images", "n_ok", "n_error", "max_prob_PNEUMONIA",
-                                "flagged", "model"]
+    assert list(studies[0]) == ["study_instance_uid", "n_images", "n_ok", "n_not_analysed", "n_error",
+                                "max_prob_PNEUMONIA", "flagged", "model"]
     assert {s["study_instance_uid"] for s in studies} == {a, b, c}
     maxima = [float(s["max_prob_PNEUMONIA"]) for s in studies]
     assert maxima == sorted(maxima, reverse=True)  # most suspicious study first
@@ -292,17 +296,17 @@ def test_threads_option_sets_the_model_threads(classifier: Classifier, tmp_path:
 
 
 class _Niceness(ScoringDataset):
-    """Reports the niceness of the process that decodes, in the record's error field."""
+    """Reports the niceness of the process that decodes, in the record's reason field."""
 
     def __getitem__(self, item: Item) -> Record:
-        return Record(item.path, error=str(os.nice(0)))
+        return Record(item.path, reason=str(os.nice(0)))
 
 
 @pytest.mark.parametrize("niceness", [0, 19])
 def test_decoding_workers_run_at_the_niceness_asked_for(niceness: int) -> None:
     items = [Item(f"/nowhere/{i}", named=True) for i in range(4)]
     loader = make_loader(iter(items), _Niceness(PreprocessConfig()), batch_size=2, workers=2, niceness=niceness)
-    seen = {record.error for batch in loader for record in batch.records}
+    seen = {record.reason for batch in loader for record in batch.records}
     assert seen == {str(min(19, os.nice(0) + niceness))}
 
 
@@ -349,7 +353,7 @@ def test_regions_are_exported_for_flagged_images_only(tmp_path: Path) -> None:
     rows = by_name(out)
     assert rows[flagged.name]["flagged"] == "true" and rows[unflagged.name]["flagged"] == "false"
     written = sorted(p.name for p in regions.iterdir())
-    assert written and all(name.startswith(cam_name(str(flagged))) for name in written)
+    assert written and all(name.startswith(output_name(str(flagged))) for name in written)
     segs = [p for p in regions.iterdir() if p.name.endswith(".dcm")]
     assert len(segs) == 1
     seg = pydicom.dcmread(segs[0])
@@ -415,6 +419,10 @@ def test_results_file_refuses_another_model_other_columns_and_a_second_writer(tm
     columns = results_columns(("NORMAL", "PNEUMONIA"))
     with ResultsFile.open(out, columns, "densenet121-aaa") as results:
         results.append([[str(tmp_path / "x"), "error", "why", "", "", "", "", "", "", "", "densenet121-aaa"]])
+    with pytest.raises(MedcamError, match="older medcam"):
+        (tmp_path / "old.csv").write_text("path,status,error,sop_instance_uid\n")
+        ResultsFile.open(tmp_path / "old.csv", columns, "densenet121-aaa")
+    with ResultsFile.open(out, columns, "densenet121-aaa") as results:
         with pytest.raises(MedcamError, match="another medcam score run"):
             ResultsFile.open(out, columns, "densenet121-aaa")
     with pytest.raises(MedcamError, match="scored by model densenet121-aaa"):
@@ -502,9 +510,9 @@ def test_kill_9_at_several_points_then_resume_gives_exactly_one_row_per_input(
         assert proc.returncode == -signal.SIGKILL
         _assert_one_row_each(out, expected, complete=False)
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_ENV)
-    assert done.returncode in (0, 1), done.stderr  # 1 when this run wrote the broken file's row
+    assert done.returncode in (0, 3), done.stderr  # 3 when this run wrote the broken file's row
     _assert_one_row_each(out, expected, complete=True)
-    assert by_name(out)["broken"]["error"].startswith("truncated pixel data")
+    assert by_name(out)["broken"]["reason"].startswith("truncated")
     assert studies_path(out).is_file()
 
 
@@ -569,7 +577,11 @@ def test_ray_engine_writes_the_same_rows_and_files_as_the_local_engine(classifie
         for column, value in row.items():
             if column.startswith("prob_") and value:
                 assert float(other[column]) == pytest.approx(float(value), abs=1e-5), (path, column)
-            elif column in ("overlay", "cam") and value:
+            elif column in ("overlay", "cam", "exports") and value:
+                if column == "exports":
+                    assert [Path(f).name for f in other[column].split(";")] == [
+                        Path(f).name for f in value.split(";")], (path, column)
+                    continue
                 assert Path(other[column]).parent == (tmp_path / "ray" / "cams").resolve()
                 assert Path(other[column]).name == Path(value).name, (path, column)
             else:
