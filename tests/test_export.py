@@ -38,6 +38,7 @@ from medcam.export.table import COLUMNS
 from medcam.io import Image, load_image
 from medcam.models.predictor import Prediction
 from medcam.regions import RegionSet, find_regions
+from medcam.scoring import output_name, read_results
 
 REPO = Path(__file__).resolve().parents[1]
 RSNA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr" / "rsna"
@@ -355,16 +356,18 @@ def test_cli_export(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.Captur
     assert code == 0, printed
     assert "UNTRAINED" in printed and "Otsu" in printed and "seg skipped" in printed
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["options"]["class"] == "PNEUMONIA" and manifest["options"]["formats"] == ["seg", "png", "json"]
-    assert manifest["options"]["regions"]["rule"] == "otsu"
+    assert manifest["class"] == "PNEUMONIA" and manifest["options"]["region_formats"] == ["seg", "png", "json"]
+    assert manifest["options"]["region_options"]["rule"] == "otsu"
     table = (out / "exports.csv").read_text()
     assert table.count(",ok,") == 2
-    assert sorted(p.suffix for p in out.glob("1.3.6.1.4.1.5962*")) == [".dcm", ".json", ".png", ".png"]
+    assert sorted(p.suffix for p in out.glob(f"{output_name(str(RG1))}*")) == [".dcm", ".json", ".png", ".png"]
+    png_row = next(r for r in read_results(out / "exports.csv") if r["path"] == str(RG1_PNG))
+    assert png_row["not_exported"].startswith("seg:")
 
 
 def test_cli_export_refuses_an_unknown_class(tiny_checkpoint: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["export", str(RG1), "--model", str(tiny_checkpoint), "--class", "pneumona",
                  "--out", str(tmp_path)])
-    assert code == 2
+    assert code == 1
     assert "did you mean 'PNEUMONIA'" in capsys.readouterr().err

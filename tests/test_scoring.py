@@ -419,12 +419,11 @@ def test_results_file_refuses_another_model_other_columns_and_a_second_writer(tm
     columns = results_columns(("NORMAL", "PNEUMONIA"))
     with ResultsFile.open(out, columns, "densenet121-aaa") as results:
         results.append([[str(tmp_path / "x"), "error", "why", "", "", "", "", "", "", "", "densenet121-aaa"]])
+    (tmp_path / "old.csv").write_text("path,status,error,sop_instance_uid\n")
     with pytest.raises(MedcamError, match="older medcam"):
-        (tmp_path / "old.csv").write_text("path,status,error,sop_instance_uid\n")
         ResultsFile.open(tmp_path / "old.csv", columns, "densenet121-aaa")
-    with ResultsFile.open(out, columns, "densenet121-aaa") as results:
-        with pytest.raises(MedcamError, match="another medcam score run"):
-            ResultsFile.open(out, columns, "densenet121-aaa")
+    with ResultsFile.open(out, columns, "densenet121-aaa"), pytest.raises(MedcamError, match="another medcam"):
+        ResultsFile.open(out, columns, "densenet121-aaa")
     with pytest.raises(MedcamError, match="scored by model densenet121-aaa"):
         ResultsFile.open(out, columns, "densenet121-bbb")
     with pytest.raises(MedcamError, match="has the columns"):

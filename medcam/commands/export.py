@@ -15,6 +15,7 @@ from pathlib import Path
 
 from medcam.commands import echo_rows, model_line, write_manifest
 from medcam.models.predictor import Classifier
+from medcam.regions import resolve_class
 from medcam.scoring import ScoreOptions, ScoreSummary, score
 
 __all__ = ["export_images", "export_options"]
@@ -33,10 +34,17 @@ def export_images(paths: Iterable[str | Path], classifier: Classifier, options: 
     summary = score(paths, classifier, options)
     assert options.regions is not None
     write_manifest(options.regions / "manifest.json", classifier.checkpoint, options, "export",
-                   regions=options.region_options.describe())
+                   regions=options.region_options.describe(),
+                   **{"class": resolve_class(classifier.classes, options.cam_class or
+                                             classifier.checkpoint.model.positive_class)})
     if echo:
         positive = f"prob_{classifier.checkpoint.model.positive_class}"
-        echo_rows(options.out, lambda row: f"p={float(row[positive]):.3f}  {row['regions']} region(s)")
+
+        def ok_text(row: dict[str, str]) -> str:
+            skipped = [why.replace(":", " skipped:", 1) for why in row["not_exported"].split("; ") if why]
+            return f"p={float(row[positive]):.3f}  {row['regions']} region(s)" + "".join(f"  ({s})" for s in skipped)
+
+        echo_rows(options.out, ok_text)
         print(f"wrote {', '.join(options.region_formats)} exports and {options.out.name} to {options.regions}")
     return summary
 

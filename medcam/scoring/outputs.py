@@ -67,6 +67,7 @@ def write_outputs(prediction: Prediction, path: str, options: ScoreOptions, cam_
             result = export_regions(prediction, regions, options.regions, options.region_formats, name=name)
             columns["regions"] = str(len(regions))
             columns["exports"] = ";".join(str(p) for p in result.files.values())
+            columns["not_exported"] = "; ".join(f"{fmt}: {why}" for fmt, why in result.skipped.items())
             problems += [f"{fmt}: {why}" for fmt, why in result.errors.items()]
         except Exception as err:
             problems.append(f"regions: {_describe(err)}")
