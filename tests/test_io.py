@@ -23,7 +23,16 @@ from pydicom.uid import (
 
 import medcam.io.dicom
 from medcam.errors import UnsupportedInputError
-from medcam.io import Image, detect_format, load_image, read_dicom, read_nifti
+from medcam.io import (
+    DICOMDIR_REASON,
+    Image,
+    detect_format,
+    is_dicomdir,
+    load_image,
+    read_dicom,
+    read_nifti,
+)
+from medcam.io.discover import iter_images
 
 DataPath = Callable[[str], Path]
 
@@ -214,6 +223,24 @@ def test_a_non_linear_voi_lut_is_followed(testdata: DataPath, tmp_path: Path) ->
     assert not np.allclose(image.pixels[0], ds.pixel_array / 255.0, atol=0.05)
 
 
+def test_values_beyond_a_voi_luts_inputs_take_its_last_entry(
+    testdata: DataPath, tmp_path: Path
+) -> None:
+    ds = pydicom.dcmread(testdata("MR_small.dcm"))
+    stored = ds.pixel_array.astype(np.float64)
+    assert stored.max() > 1000  # far beyond the LUT's 256 inputs
+    item = Dataset()
+    item.add_new("LUTDescriptor", "US", [256, 0, 8])
+    item.add_new("LUTData", "US", list(range(256)))
+    ds.VOILUTSequence = [item]
+    path = tmp_path / "short_voi_lut.dcm"
+    ds.save_as(path)
+    # pydicom's apply_voi keeps value - first in the LUT's uint8, where 256 wraps to entry 0
+    image = load_image(path)
+    np.testing.assert_allclose(image.pixels[0], np.clip(stored, 0, 255) / 255, atol=1e-6)
+    assert (image.pixels == 1.0).mean() > 0.5
+
+
 def test_explicit_window_matches_file_window_and_narrow_window_saturates(
     testdata: DataPath,
 ) -> None:
@@ -267,6 +294,41 @@ def test_percentiles_from_value_counts_match_numpy_on_the_image() -> None:
         q = [0.0, 0.5, float(rng.uniform(0, 100)), 99.5, 100.0]
         np.testing.assert_allclose(medcam.io.dicom._percentiles(table, index, q),
                                    np.percentile(table[index], q), rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize(("photometric", "shape", "inverted", "step"), [
+    ("MONOCHROME2", None, False, ""),
+    ("MONOCHROME2", "IDENTITY", False, ""),
+    ("MONOCHROME2", "INVERSE", True, "inverted (Presentation LUT Shape INVERSE)"),
+    ("MONOCHROME1", None, True, "MONOCHROME1 inverted"),
+    # PS3.3 C.8.11.3: INVERSE is what MONOCHROME1 requires, one inversion, not two
+    ("MONOCHROME1", "INVERSE", True, "MONOCHROME1 inverted (Presentation LUT Shape INVERSE)"),
+    ("MONOCHROME1", "IDENTITY", False, "not inverted (Presentation LUT Shape IDENTITY)"),
+])
+def test_presentation_lut_shape_and_monochrome1_set_the_polarity(
+    photometric: str, shape: str | None, inverted: bool, step: str, testdata: DataPath,
+    tmp_path: Path,
+) -> None:
+    plain = load_image(testdata("MR_small.dcm"))
+    ds = pydicom.dcmread(testdata("MR_small.dcm"))
+    ds.PhotometricInterpretation = photometric
+    if shape is not None:
+        ds.PresentationLUTShape = shape
+    path = tmp_path / "shaped.dcm"
+    ds.save_as(path)
+    image = load_image(path)
+    expected = 1.0 - plain.pixels if inverted else plain.pixels
+    np.testing.assert_allclose(image.pixels, expected, rtol=0, atol=1e-7)
+    assert image.display == "; ".join(part for part in (plain.display, step) if part)
+
+
+def test_a_signed_image_spanning_more_than_32767_values_uses_a_correct_table(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    stored = rng.integers(-1000, 32001, (512, 512)).astype(np.int16)
+    stored[0, :2] = -1000, 32000
+    index, table = medcam.io.dicom._lookup(stored)
+    assert index is not None and table.size == 33001 < stored.size  # the table is used
+    np.testing.assert_array_equal(table[index], stored)
 
 
 @pytest.mark.parametrize(("name", "voi"), [("CT_small.dcm", "window"), ("vlut_04.dcm", "window"),
@@ -345,18 +407,86 @@ def test_jpeg_2000_lossless_and_lossy_decode_the_same_with_every_installed_plugi
 # --- refusals ------------------------------------------------------------------------------------
 
 
-def test_random_bytes_empty_and_text_files_are_refused(tmp_path: Path) -> None:
-    junk = tmp_path / "junk.dcm"
-    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    empty = tmp_path / "empty.dcm"
-    empty.write_bytes(b"")
+def test_empty_files_are_refused_as_empty(tmp_path: Path) -> None:
+    for name in ("empty.dcm", "empty.png", "IM0001"):
+        path = tmp_path / name
+        path.write_bytes(b"")
+        assert refused(path, "empty file").reason == "empty file"
+    with pytest.raises(UnsupportedInputError, match="empty file"):
+        read_dicom(tmp_path / "empty.dcm")
+
+
+def test_random_bytes_and_text_files_are_refused(tmp_path: Path) -> None:
+    junk = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    for name in ("junk.dcm", "junk.DICOM"):  # named as DICOM: say it is not one
+        (tmp_path / name).write_bytes(junk)
+        assert detect_format(tmp_path / name) is None
+        refused(tmp_path / name, "not a DICOM file (no DICM preamble and no DICOM data set)")
+    (tmp_path / "junk.bin").write_bytes(junk)
     text = tmp_path / "notes.txt"
     text.write_text("Chest PA: no consolidation.\n" * 20)
-    for path in (junk, empty, text):
-        assert detect_format(path) is None
+    for path in (tmp_path / "junk.bin", text):
         refused(path, "unknown format; expected DICOM, NIfTI (.nii/.nii.gz), PNG or JPEG")
     with pytest.raises(UnsupportedInputError, match="not a DICOM file"):
         read_dicom(text)
+
+
+def test_rg1_cut_at_half_its_size_is_refused_as_truncated(testdata: DataPath, tmp_path: Path) -> None:
+    whole = testdata("RG1_UNCR.dcm").read_bytes()
+    path = tmp_path / "RG1_half.dcm"
+    path.write_bytes(whole[: len(whole) // 2])
+    err = refused(path, "truncated file: PixelData has ")
+    assert err.reason.endswith(f"of its {1955 * 1841 * 2} bytes")
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # a UID cut in the middle
+def test_a_dicom_cut_anywhere_is_refused_as_truncated(testdata: DataPath, tmp_path: Path) -> None:
+    """Every cut of MR_small.dcm past its preamble, inside the header byte by byte and inside
+    the pixel data, is refused; the reason says truncated, or (for a cut that falls exactly
+    between two elements, which no reader can tell from a whole file) that an image object
+    has no pixels because the file is cut short or its pixels were removed."""
+    whole = testdata("MR_small.dcm").read_bytes()
+    ds = pydicom.dcmread(testdata("MR_small.dcm"))
+    pixel_start = ds.get_item("PixelData").value_tell
+    cuts = [*range(132, pixel_start + 16), *range(pixel_start + 16, len(whole), 197), len(whole) - 1]
+    path = tmp_path / "cut.dcm"
+    reasons: dict[str, int] = {}
+    for cut in cuts:
+        path.write_bytes(whole[:cut])
+        reason = refused(path, "").reason
+        kind = "truncated" if reason.startswith("truncated file") else reason
+        reasons[kind] = reasons.get(kind, 0) + 1
+    between = "no pixel data in a MR Image Storage object (the file is cut short, or its pixels were removed)"
+    assert set(reasons) == {"truncated", between}, reasons
+    assert reasons[between] < len(ds) + 8  # one per element boundary at most (and File Meta's)
+    assert reasons["truncated"] > 0.9 * len(cuts)
+
+
+def test_a_dicom_cut_before_its_sequence_delimiter_is_refused_as_truncated(testdata: DataPath) -> None:
+    with pytest.warns(UserWarning, match="End of file reached before delimiter"):
+        err = refused(testdata("emri_small_jpeg_2k_lossless_too_short.dcm"), "truncated file: ")
+    assert "undefined-length value is not closed by its delimiter" in err.reason
+
+
+def test_dicomdirs_are_recognised_and_refused(testdata: DataPath, tmp_path: Path) -> None:
+    dicomdir = testdata("DICOMDIR")
+    assert is_dicomdir(dicomdir) and detect_format(dicomdir) == "dicom"
+    refused(dicomdir, DICOMDIR_REASON)
+    assert DICOMDIR_REASON == "DICOMDIR (a media directory, not an image)"
+    assert not is_dicomdir(testdata("MR_small.dcm"))
+    assert not is_dicomdir(testdata("rtplan.dcm"))
+    junk = tmp_path / "DICOMDIR"
+    junk.write_bytes(b"\0" * 300)
+    assert not is_dicomdir(junk)
+
+
+def test_a_dicomdir_among_images_is_skipped_unless_named(testdata: DataPath, tmp_path: Path) -> None:
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "DICOMDIR").write_bytes(testdata("DICOMDIR").read_bytes())
+    (folder / "IM0001").write_bytes(testdata("MR_small.dcm").read_bytes())
+    assert list(iter_images([folder])) == [folder / "IM0001"]
+    assert list(iter_images([folder / "DICOMDIR"])) == [folder / "DICOMDIR"]
 
 
 @pytest.mark.parametrize(("name", "reason"), [
@@ -366,7 +496,8 @@ def test_random_bytes_empty_and_text_files_are_refused(tmp_path: Path) -> None:
     ("SC_rgb.dcm", "colour image (Photometric Interpretation RGB)"),
     ("examples_palette.dcm", "colour image (Photometric Interpretation PALETTE COLOR)"),
     ("emri_small.dcm", "multi-frame image (10 frames)"),
-    ("MR_truncated.dcm", "truncated pixel data"),
+    ("MR_truncated.dcm", "truncated file: PixelData has 8130 of its 8192 bytes"),
+    ("rtstruct.dcm", "no pixel data (RT Structure Set Storage), not an image"),
 ])
 def test_corpus_files_that_are_not_single_grayscale_images_are_refused(
     name: str, reason: str, testdata: DataPath

@@ -2,7 +2,9 @@
 
 DICOM is recognised by content (preamble or a parse), not by extension; NIfTI by its
 ``.nii``/``.nii.gz`` suffix; PNG/JPEG by their signature. Everything refused raises
-:class:`~medcam.errors.UnsupportedInputError` naming the file and the reason.
+:class:`~medcam.errors.UnsupportedInputError` naming the file and the reason: an empty file
+is an ``"empty file"``, a ``.dcm``/``.dicom`` file that is not DICOM is ``"not a DICOM file"``,
+a DICOMDIR is refused with :data:`DICOMDIR_REASON` (:func:`is_dicomdir` tells one apart first).
 """
 
 from __future__ import annotations
@@ -10,16 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from medcam.errors import UnsupportedInputError
-from medcam.io.dicom import VOI, is_dicom, read_dicom, read_identity
+from medcam.io.dicom import DICOMDIR_REASON, VOI, is_dicom, is_dicomdir, read_dicom, read_identity
 from medcam.io.image import DicomIdentity, Image, ImageFormat
 from medcam.io.nifti import read_nifti
 from medcam.io.raster import read_raster
 
-__all__ = ["VOI", "DicomIdentity", "Image", "ImageFormat", "detect_format", "is_dicom",
-           "load_image", "read_dicom", "read_identity", "read_nifti", "read_raster"]
+__all__ = ["DICOMDIR_REASON", "VOI", "DicomIdentity", "Image", "ImageFormat", "detect_format",
+           "is_dicom", "is_dicomdir", "load_image", "read_dicom", "read_identity", "read_nifti",
+           "read_raster"]
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 
 
 def detect_format(path: str | Path) -> ImageFormat | None:
@@ -55,6 +59,12 @@ def load_image(path: str | Path, *, voi: VOI = "auto") -> Image:
     if not path.is_file():
         reason = "is a folder, not a file" if path.is_dir() else "no such file"
         raise UnsupportedInputError(path, reason)
+    try:
+        empty = path.stat().st_size == 0
+    except OSError as err:
+        raise UnsupportedInputError(path, f"cannot read the file ({err.strerror or err})") from err
+    if empty:
+        raise UnsupportedInputError(path, "empty file")
     fmt = detect_format(path)
     if fmt == "dicom":
         return read_dicom(path, voi=voi)
@@ -62,4 +72,6 @@ def load_image(path: str | Path, *, voi: VOI = "auto") -> Image:
         return read_nifti(path)
     if fmt in ("png", "jpeg"):
         return read_raster(path)
+    if path.suffix.lower() in _DICOM_SUFFIXES:
+        raise UnsupportedInputError(path, "not a DICOM file (no DICM preamble and no DICOM data set)")
     raise UnsupportedInputError(path, "unknown format; expected DICOM, NIfTI (.nii/.nii.gz), PNG or JPEG")

@@ -13,10 +13,19 @@ pipeline), with pydicom's implementations:
    - ``(center, width)``: this window, with the file's VOI LUT Function;
    - ``"none"``: no VOI; values are clipped to their 0.5th-99.5th percentiles.
 
-   The VOI output range (the LUT's or the window's full output range) is scaled to [0, 1].
-3. **MONOCHROME1** images are inverted (``1 - x``) so that air is dark in every image.
+   The VOI output range is scaled to [0, 1]: the window's full output range, or the lowest
+   to highest entry of the LUT (values beyond the LUT's inputs take its first/last entry).
+3. **Polarity** — the output is inverted (``1 - x``) so that air is dark in every image when
+   the Presentation LUT Shape (2050,0020) is ``INVERSE``, or when it is absent and the
+   Photometric Interpretation is ``MONOCHROME1``. A shape of ``IDENTITY`` means the VOI output
+   is already in P-values and is not inverted. The shape and MONOCHROME1 are one inversion,
+   not two: PS3.3 C.8.11.3 requires ``INVERSE`` *because* an image is MONOCHROME1 (DCMTK and
+   Weasis >= 4.1 display it the same way). pydicom's
+   :func:`~pydicom.pixels.apply_presentation_lut` applies the shape alone.
 
-Refused, with :class:`~medcam.errors.UnsupportedInputError`: files that are not DICOM,
+Refused, with :class:`~medcam.errors.UnsupportedInputError`: empty files, files that are not
+DICOM, truncated files (cut inside an element, its header, or before a delimiter), DICOMDIRs
+(media directories; :func:`is_dicomdir` tells them apart without reading them whole),
 non-image objects (no Pixel Data, or SEG, RT Dose, presentation states, SR ...), multi-frame
 images with more than one frame (choose a frame upstream), colour or palette images (a
 grayscale model must not guess at luminance of a colour DICOM), truncated or undecodable
@@ -27,15 +36,19 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import pydicom
 from pydicom import Dataset
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
 from pydicom.uid import (
     JPEG2000,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -43,14 +56,20 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     JPEGLSLossless,
     JPEGLSNearLossless,
+    MediaStorageDirectoryStorage,
 )
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from medcam.errors import UnsupportedInputError
 from medcam.io.image import DicomIdentity, Image
 
-__all__ = ["VOI", "is_dicom", "read_dicom", "read_identity"]
+__all__ = ["DICOMDIR_REASON", "VOI", "is_dicom", "is_dicomdir", "read_dicom", "read_identity"]
 
 VOI = Literal["auto", "lut", "window", "none"] | tuple[float, float]
+
+#: The reason given when a DICOMDIR is passed as an image.
+DICOMDIR_REASON = "DICOMDIR (a media directory, not an image)"
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 # SOP classes that carry pixel data but are not images of the patient.
 _NON_IMAGE_PREFIXES = {
@@ -88,6 +107,19 @@ def is_dicom(path: str | Path) -> bool:
     except Exception:  # pydicom raises a variety of errors on junk; junk is simply "no"
         return False
     return any(tag in ds for tag in ("SOPClassUID", "Modality", "Rows"))
+
+
+def is_dicomdir(path: str | Path) -> bool:
+    """True when the file is a DICOMDIR (Media Storage Directory), judged from its File Meta.
+
+    Reads only the File Meta group, so that a batch can skip a DICOMDIR found among the
+    images of a folder without parsing its directory records.
+    """
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:  # no File Meta (or junk): a DICOMDIR always has one
+        return False
+    return str(meta.get("MediaStorageSOPClassUID", "")) == MediaStorageDirectoryStorage
 
 
 def read_identity(path: str | Path) -> DicomIdentity | None:
@@ -142,22 +174,94 @@ def read_dicom(path: str | Path, *, voi: VOI = "auto") -> Image:
 
 
 def _read_dataset(path: Path) -> Dataset:
+    """The whole data set of ``path``, or a refusal: empty, not DICOM, DICOMDIR, truncated."""
     try:
-        return pydicom.dcmread(path)
-    except InvalidDicomError:
-        pass
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if size == 0:
+                raise UnsupportedInputError(path, "empty file")
+            ds, forced = _parse(f, path, size)
+            if _is_dicomdir(ds):
+                raise UnsupportedInputError(path, DICOMDIR_REASON)
+            truncated = _truncation(ds, f, size)
     except OSError as err:
         raise UnsupportedInputError(path, f"cannot read the file ({err.strerror or err})") from err
-    except Exception as err:
-        raise UnsupportedInputError(path, f"corrupt DICOM ({type(err).__name__}: {err})") from err
-    if not is_dicom(path):
-        raise UnsupportedInputError(path, "not a DICOM file (no DICM preamble and no DICOM data set)")
-    try:
-        ds = pydicom.dcmread(path, force=True)
-    except Exception as err:
-        raise UnsupportedInputError(path, f"corrupt DICOM ({type(err).__name__}: {err})") from err
-    _infer_transfer_syntax(ds)
+    if truncated:
+        raise UnsupportedInputError(path, truncated)
+    if forced:
+        _infer_transfer_syntax(ds)
     return ds
+
+
+def _parse(f: BinaryIO, path: Path, size: int) -> tuple[Dataset, bool]:
+    """``(data set, whether it was read without a DICM preamble)``. A parse error raised
+    once the reader has reached the end of the file is reported as a truncation."""
+    what: Exception
+    try:
+        try:
+            return pydicom.dcmread(f), False
+        except InvalidDicomError:
+            if not is_dicom(path):
+                raise UnsupportedInputError(
+                    path, "not a DICOM file (no DICM preamble and no DICOM data set)") from None
+        f.seek(0)
+        return pydicom.dcmread(f, force=True), True
+    except UnsupportedInputError:
+        raise
+    except OSError as err:
+        if err.errno is not None:  # the operating system's, not pydicom's parse error
+            raise UnsupportedInputError(path, f"cannot read the file ({err.strerror or err})") from err
+        what = err
+    except Exception as err:  # pydicom raises struct.error, BytesLengthException ... on bad bytes
+        what = err
+    if f.tell() >= size:
+        raise UnsupportedInputError(
+            path, f"truncated file: it ends inside a data element ({type(what).__name__}: {what})"
+        ) from what
+    raise UnsupportedInputError(path, f"corrupt DICOM ({type(what).__name__}: {what})") from what
+
+
+def _is_dicomdir(ds: Dataset) -> bool:
+    meta_class = str(getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID", ""))
+    return meta_class == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds
+
+
+def _truncation(ds: Dataset, f: BinaryIO, size: int) -> str | None:
+    """Why the data set read from ``f``, a file of ``size`` bytes, is cut short; None when it
+    is whole (or cut exactly between two elements, which no reader can tell).
+
+    pydicom keeps what it read of a cut file without an error: a value shorter than its
+    length, nothing of an element whose header is cut, and nothing of an undefined-length
+    value whose delimiter is missing (it rewinds to the start of that value).
+    """
+    if str(ds.file_meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian:
+        return None  # zlib refuses a cut stream, and pydicom's offsets are in the inflated one
+    stopped = f.tell()
+    if stopped < size:
+        return (f"truncated file: an undefined-length value is not closed by its delimiter "
+                f"(pydicom stopped at byte {stopped} of {size})")
+    tags = list(ds.keys())
+    if not tags:
+        return "truncated file: nothing follows its File Meta header"
+    last = ds.get_item(tags[-1])
+    name = keyword_for_tag(last.tag) or str(last.tag)
+    if isinstance(last, RawDataElement):
+        start, length = last.value_tell, last.length
+    elif last.file_tell is not None and not last.is_undefined_length:
+        start = last.file_tell  # converted while reading, e.g. Specific Character Set
+        implicit, little = ds.original_encoding
+        width = 4 if implicit or last.VR in EXPLICIT_VR_LENGTH_32 else 2
+        f.seek(start - width)
+        length = int.from_bytes(f.read(width), "little" if little else "big")
+    else:
+        return None
+    if length == _UNDEFINED_LENGTH:
+        return None
+    if start + length > size:
+        return f"truncated file: {name} has {size - start} of its {length} bytes"
+    if start + length < size:
+        return f"truncated file: it ends inside a data element header, after {name}"
+    return None
 
 
 def _infer_transfer_syntax(ds: Dataset) -> None:
@@ -178,7 +282,12 @@ def _check_image(ds: Dataset, path: Path) -> None:
             name = getattr(ds.SOPClassUID, "name", sop_class)
             raise UnsupportedInputError(path, f"{what} ({name}), not an image")
     if "PixelData" not in ds:
-        name = getattr(ds.get("SOPClassUID"), "name", "") or "unknown SOP class"
+        uid = ds.get("SOPClassUID") or getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID")
+        name = getattr(uid, "name", "") or "unknown SOP class"
+        if "Image Storage" in name:  # an image object without its pixels: cut between elements?
+            raise UnsupportedInputError(
+                path, f"no pixel data in a {name} object (the file is cut short, or its pixels "
+                "were removed)")
         raise UnsupportedInputError(path, f"no pixel data ({name}), not an image")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if photometric in _COLOUR or int(ds.get("SamplesPerPixel", 1)) != 1:
@@ -231,7 +340,7 @@ def _decode_reason(ds: Dataset, err: Exception) -> str:
 
 
 def _display(stored: np.ndarray, ds: Dataset, voi: VOI, path: Path) -> tuple[np.ndarray, list[str]]:
-    """Stored values to display values in [0, 1] (float32): modality LUT, VOI, MONOCHROME1.
+    """Stored values to display values in [0, 1] (float32): modality LUT, VOI, polarity.
 
     Each step maps every stored value on its own, so an integer image goes through a lookup
     table: the steps run once on each value from the image's minimum to its maximum, and the
@@ -246,11 +355,29 @@ def _display(stored: np.ndarray, ds: Dataset, voi: VOI, path: Path) -> tuple[np.
     if not np.isfinite(modality).all():
         raise UnsupportedInputError(path, "pixel values are not finite (NaN or Inf)")
     display, steps = _apply_voi(modality, ds, voi, path, index)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
+    inverted, how = _polarity(ds)
+    if inverted:
         display = 1.0 - display
-        steps.append("MONOCHROME1 inverted")
+    if how:
+        steps.append(how)
     display = display.astype(np.float32)
     return (display if index is None else display[index]), steps
+
+
+def _polarity(ds: Dataset) -> tuple[bool, str]:
+    """Whether the VOI output is inverted for display, and the step's description ("" for none).
+
+    See the module documentation: Presentation LUT Shape when present, else MONOCHROME1.
+    """
+    monochrome1 = str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    if shape == "INVERSE":
+        return True, ("MONOCHROME1 inverted" if monochrome1 else "inverted") + \
+            " (Presentation LUT Shape INVERSE)"
+    if shape == "IDENTITY":
+        return False, "not inverted (Presentation LUT Shape IDENTITY)" if monochrome1 else ""
+    note = f" (Presentation LUT Shape {shape} ignored)" if shape else ""
+    return monochrome1, ("MONOCHROME1 inverted" if monochrome1 else "") + note
 
 
 def _lookup(stored: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
@@ -262,7 +389,8 @@ def _lookup(stored: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     if high - low >= stored.size:
         return None, stored
     table = np.arange(low, high + 1, dtype=stored.dtype)
-    return (stored - stored.dtype.type(low)).astype(np.intp), table
+    # In intp, not the image's type: int16 values from -1000 to 32000 differ by more than 32767
+    return np.subtract(stored, low, dtype=np.intp), table
 
 
 def _apply_voi(values: np.ndarray, ds: Dataset, voi: VOI, path: Path,
@@ -298,11 +426,19 @@ def _apply_voi(values: np.ndarray, ds: Dataset, voi: VOI, path: Path,
         steps.append("no VOI: 0.5-99.5 percentile range")
         return _unit(values, low, high), steps
     if choice == "lut":  # a LUT is indexed by integers
-        out = apply_voi(np.rint(values).astype(np.int64), source).astype(np.float64)
-        extremes = apply_voi(np.array([-(2**40), 2**40], dtype=np.int64), source)
+        # Clipped to the LUT's inputs first (as the standard maps values beyond them): pydicom
+        # stores ``value - first`` in the LUT's own uint8/uint16 type, where larger ones wrap.
+        descriptor = source.VOILUTSequence[0].LUTDescriptor
+        first, entries = int(descriptor[1]), int(descriptor[0]) or 2**16
+        inputs = np.arange(first, first + entries, dtype=np.int64)
+        out = apply_voi(np.clip(np.rint(values), inputs[0], inputs[-1]).astype(np.int64),
+                        source).astype(np.float64)
+        table = apply_voi(inputs, source)
+        extremes = np.array([table.min(), table.max()])  # the LUT's output range
     else:
         out = apply_windowing(values, source).astype(np.float64)
-        extremes = apply_windowing(np.array([-1e30, 1e30]), source)
+        with np.errstate(over="ignore"):  # a SIGMOID's exp(+-huge) is its limit, 0 or inf
+            extremes = apply_windowing(np.array([-1e30, 1e30]), source)
     low, high = (float(v) for v in extremes)
     if choice == "window":
         center, width = _window_values(source)

@@ -43,14 +43,20 @@ def iter_files(paths: Iterable[str | Path], *,
 def iter_images(paths: Iterable[str | Path], *,
                 on_error: Callable[[Path, str], None] | None = None) -> Iterator[Path]:
     """Like :func:`iter_files`, but files found inside folders are kept only when their
-    content is DICOM, PNG or JPEG, or their name ends in ``.nii``/``.nii.gz``. Files named
-    explicitly are always yielded, so that a wrong one is reported rather than skipped."""
-    from medcam.io import detect_format
+    content is DICOM, PNG or JPEG, or their name ends in ``.nii``/``.nii.gz``; a DICOMDIR
+    found inside a folder is an index of the images beside it, not an image, and is skipped.
+    Files named explicitly are always yielded, so that a wrong one is reported rather than
+    skipped."""
+    from medcam.io import detect_format, is_dicomdir
 
     paths = list(paths)
     named = {Path(p) for p in paths}
     for path in iter_files(paths, on_error=on_error):
-        if path in named or detect_format(path) is not None:
+        if path in named:
+            yield path
+            continue
+        fmt = detect_format(path)
+        if fmt is not None and not (fmt == "dicom" and is_dicomdir(path)):
             yield path
 
 
