@@ -44,12 +44,16 @@ def detect_format(path: str | Path) -> ImageFormat | None:
     return "dicom" if is_dicom(path) else None
 
 
-def load_image(path: str | Path, *, voi: VOI = "auto") -> Image:
+def load_image(path: str | Path, *, voi: VOI = "auto", min_size: int | None = None) -> Image:
     """Load a DICOM, NIfTI, PNG or JPEG file as an :class:`Image`.
 
     Args:
         path: the file.
         voi: the DICOM VOI step, see :mod:`medcam.io.dicom`; ignored for other formats.
+        min_size: for DICOM, the smallest side the caller needs: the image is decoded at the
+            largest reduction that keeps both sides at least 1.25 times that
+            (:mod:`medcam.io.reduce`; :attr:`Image.reduction` says by how much). Other
+            formats are read at full resolution. None (default): full resolution.
 
     Raises:
         UnsupportedInputError: the file does not exist, is of an unknown format, or is
@@ -67,7 +71,7 @@ def load_image(path: str | Path, *, voi: VOI = "auto") -> Image:
         raise UnsupportedInputError(path, "empty file")
     fmt = detect_format(path)
     if fmt == "dicom":
-        return read_dicom(path, voi=voi)
+        return read_dicom(path, voi=voi, min_size=min_size)
     if fmt == "nifti":
         return read_nifti(path)
     if fmt in ("png", "jpeg"):

@@ -62,6 +62,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from medcam.errors import UnsupportedInputError
 from medcam.io.image import DicomIdentity, Image
+from medcam.io.reduce import decode_reduced_dicom, reduction_factor
 
 __all__ = ["DICOMDIR_REASON", "VOI", "is_dicom", "is_dicomdir", "read_dicom", "read_identity"]
 
@@ -138,38 +139,57 @@ def read_identity(path: str | Path) -> DicomIdentity | None:
     return identity if identity.sop_instance_uid or identity.study_instance_uid else None
 
 
-def read_dicom(path: str | Path, *, voi: VOI = "auto") -> Image:
+def read_dicom(path: str | Path, *, voi: VOI = "auto", min_size: int | None = None) -> Image:
     """Read a single-frame grayscale DICOM image through the display pipeline.
 
     Args:
         path: the file.
         voi: the VOI step (see the module documentation).
+        min_size: the smallest side the caller needs (e.g. the model's input size); the
+            image is then decoded at the largest reduction that keeps both sides at least
+            1.25 times that (:mod:`medcam.io.reduce`); :attr:`Image.reduction` and
+            :attr:`Image.full_shape` say how it maps onto the full image. None (default)
+            decodes the full resolution.
 
     Raises:
         UnsupportedInputError: with the file name and the reason it was refused.
+        ValueError: ``min_size`` is not a positive integer.
     """
     path = Path(path)
+    reduction_factor((1, 1), min_size)  # the argument is checked before the file is read
     ds = _read_dataset(path)
     _check_image(ds, path)
     try:
-        stored = _stored_pixels(ds)
+        reduced = decode_reduced_dicom(ds, min_size, _stored_pixels)
     except Exception as err:  # decoders raise ValueError, RuntimeError, NotImplementedError ...
         raise UnsupportedInputError(path, _decode_reason(ds, err)) from err
-    pixels, steps = _display(stored, ds, voi, path)
+    pixels, steps = _display(reduced.stored, ds, voi, path)
+    if reduced.how:
+        steps.insert(0, reduced.how)
     header = copy.copy(ds)
     for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if tag in header:
             del header[tag]
     spacing = _spacing(ds)
+    affine = _affine(ds, spacing)
+    factor = reduced.factor
+    if factor > 1:
+        # reduced voxel (i, j) is centred on source voxel f * (i, j) + (f - 1) / 2
+        centre = (factor - 1) / 2
+        affine = affine @ np.array([[factor, 0, 0, centre], [0, factor, 0, centre],
+                                    [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
+        spacing = None if spacing is None else (spacing[0] * factor, spacing[1] * factor)
     return Image(
         pixels=pixels[None],
         path=str(path),
         format="dicom",
         spacing=spacing,
-        affine=_affine(ds, spacing),
+        affine=affine,
         identity=_identity(ds),
         dicom=header,
         display="; ".join(steps),
+        reduction=factor,
+        full_shape=(int(ds.Rows), int(ds.Columns)),
     )
 
 

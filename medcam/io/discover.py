@@ -91,8 +91,10 @@ def _walk(folder: Path, seen: set[tuple[int, int]],
 
 
 def iter_image_batches(paths: Iterable[str | Path], batch_size: int, *,
-                       on_error: Callable[[Path, str], None], voi: VOI = "auto") -> Iterator[list[Image]]:
-    """Load the images of :func:`iter_images` ``batch_size`` at a time, in discovery order.
+                       on_error: Callable[[Path, str], None], voi: VOI = "auto",
+                       min_size: int | None = None) -> Iterator[list[Image]]:
+    """Load the images of :func:`iter_images` ``batch_size`` at a time, in discovery order
+    (``voi`` and ``min_size`` as for :func:`medcam.io.load_image`).
 
     A path that is missing, unreadable or refused by its reader goes to ``on_error`` with the
     reason, and loading goes on. At most one batch of decoded images is held at a time.
@@ -102,7 +104,7 @@ def iter_image_batches(paths: Iterable[str | Path], batch_size: int, *,
     batch: list[Image] = []
     for path in iter_images(paths, on_error=on_error):
         try:
-            batch.append(load_image(path, voi=voi))
+            batch.append(load_image(path, voi=voi, min_size=min_size))
         except MedcamError as err:
             on_error(path, str(err))
         if len(batch) == batch_size:

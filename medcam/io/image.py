@@ -43,6 +43,13 @@ class Image:
         dicom: the DICOM header without its pixel data (patient, study and series modules for
             derived objects), ``None`` for other formats. Treat it as read-only.
         display: how the pixels were derived, e.g. ``"rescale; window C=2048 W=4096; inverted"``.
+        reduction: source pixels per pixel of :attr:`pixels` along each axis: 1 for a full
+            decode, ``f`` when decoded at ``1/f`` (``load_image(..., min_size=...)``, see
+            :mod:`medcam.io.reduce`). :attr:`spacing` and :attr:`affine` describe the reduced
+            pixels. Pixel ``j`` stands for the source block ``[f j, f (j + 1))`` (centre at
+            source index ``(j + 0.5) f - 0.5``): in the pixel-edge convention of
+            :mod:`medcam.models.grid` a coordinate ``x`` is the source coordinate ``f x``.
+        full_shape: ``(rows, cols)`` of the full source image; :attr:`shape` when not reduced.
     """
 
     pixels: np.ndarray
@@ -53,6 +60,14 @@ class Image:
     identity: DicomIdentity | None = None
     dicom: Dataset | None = None
     display: str = ""
+    reduction: int = 1
+    full_shape: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.reduction < 1:
+            raise ValueError(f"reduction must be at least 1, got {self.reduction!r}")
+        if self.full_shape is None:
+            object.__setattr__(self, "full_shape", self.shape)
 
     @property
     def shape(self) -> tuple[int, int]:

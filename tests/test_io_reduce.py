@@ -1,0 +1,194 @@
+"""Reduced-resolution decoding (``load_image(..., min_size=...)``) on real files.
+
+The check that matters: the reduced image, resized to the model's 320 x 320, is the full image
+resized to 320 x 320. Both are resized over the same source extent: reduced pixel ``j`` stands
+for the source block ``[f j, f (j + 1))``, so ``m`` reduced pixels cover ``f m`` source pixels,
+a few more or fewer than the image has (``f - 1`` at most); the full image is cut or
+edge-padded to that extent first. The plain stretch of both (extent ignored) is reported too.
+
+The tolerance is for the two resizes, not the decoders: an antialiased 1024 -> 320 and a
+512 -> 320 resize low-pass differently, by up to 13 grey levels of 255 (0.05) at the burnt-in
+letters of an RSNA file even when the 512 x 512 image is the exact block mean of the stored
+values; the mean difference is what a decoder error would move.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image as PILImage
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGBaseline8Bit
+
+import medcam.io.reduce
+from medcam.io import Image, load_image
+from medcam.io.openjpeg import decoded_levels, library_version
+from medcam.io.reduce import block_mean, reduction_factor
+
+DataPath = Callable[[str], Path]
+SIZE = 320
+MAX_DIFFERENCE = 0.08  # display units in [0, 1], anywhere on the 320 x 320 grid
+MEAN_DIFFERENCE = 0.005
+
+
+def stretch(pixels: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """Antialiased bilinear resize to ``size x size``, as ``medcam.models.grid`` resizes."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)[0, 0].numpy()
+
+
+def on_reduced_extent(full: Image, reduced: Image) -> np.ndarray:
+    """The full image's pixels over the source extent of the reduced image's pixels."""
+    rows, cols = (reduced.reduction * n for n in reduced.shape)
+    pixels = full.pixels[0, :rows, :cols]
+    return np.pad(pixels, ((0, rows - pixels.shape[0]), (0, cols - pixels.shape[1])), mode="edge")
+
+
+def compare(full: Image, reduced: Image) -> tuple[float, float, str]:
+    """``(max, mean)`` absolute difference at 320 x 320 over the same extent, and a report."""
+    same_extent = np.abs(stretch(on_reduced_extent(full, reduced)) - stretch(reduced.pixels[0]))
+    plain = np.abs(stretch(full.pixels[0]) - stretch(reduced.pixels[0]))
+    report = (f"{Path(full.path).name}: 1/{reduced.reduction} ({reduced.display.split(';')[0]}), "
+              f"{full.shape} -> {reduced.shape}; at {SIZE}x{SIZE} over the same extent max "
+              f"{same_extent.max():.4f} mean {same_extent.mean():.5f}; plain stretch max "
+              f"{plain.max():.4f} mean {plain.mean():.5f}")
+    return float(same_extent.max()), float(same_extent.mean()), report
+
+
+def assert_close_at_model_size(path: Path, expected_method: str, expected_factor: int) -> Image:
+    full = load_image(path)
+    reduced = load_image(path, min_size=SIZE)
+    assert reduced.reduction == expected_factor, reduced.display
+    assert reduced.display.startswith(expected_method), reduced.display
+    assert reduced.full_shape == full.shape and full.full_shape == full.shape and full.reduction == 1
+    assert min(reduced.shape) >= 1.25 * SIZE
+    assert reduced.pixels.dtype == np.float32
+    worst, mean, report = compare(full, reduced)
+    assert worst <= MAX_DIFFERENCE and mean <= MEAN_DIFFERENCE, report
+    print(report)
+    return reduced
+
+
+@pytest.mark.parametrize(("name", "method", "factor"), [
+    ("RG1_UNCR.dcm", "block mean 4x4", 4),
+    ("RG1_J2KR.dcm", "JPEG 2000 decoded 2 resolution levels down", 4),
+    ("RG1_J2KI.dcm", "JPEG 2000 decoded 2 resolution levels down", 4),
+    ("RG3_J2KR.dcm", "JPEG 2000 decoded 2 resolution levels down", 4),
+    ("MR2_J2KR.dcm", "JPEG 2000 decoded 1 resolution levels down", 2),
+])
+def test_pydicom_data_files_reduced_match_the_full_image_at_model_size(
+    name: str, method: str, factor: int, testdata: DataPath
+) -> None:
+    if "J2K" in name and library_version() is None:
+        pytest.skip("no OpenJPEG library: JPEG 2000 falls back to block means")
+    assert_close_at_model_size(testdata(name), method, factor)
+
+
+@pytest.mark.parametrize("name", ["RG1_RLE.dcm", "RG1_JLSL.dcm"])
+def test_rle_and_jpeg_ls_reduce_by_block_means(name: str, sample_data: Path) -> None:
+    assert_close_at_model_size(sample_data / "dicom" / name, "block mean 4x4", 4)
+
+
+def test_rsna_jpeg_baseline_reduces_by_dct_scaling(rsna_dicoms: list[Path]) -> None:
+    for path in rsna_dicoms:
+        assert_close_at_model_size(path, "JPEG DCT scaled 1/2", 2)
+
+
+def test_a_jpeg_baseline_dicom_made_from_rg1_reduces_by_dct_scaling(
+    rg1: Image, testdata: DataPath, tmp_path: Path
+) -> None:
+    """pydicom's corpus has no grayscale JPEG baseline radiograph: encode RG1's display."""
+    ds = pydicom.dcmread(testdata("RG1_UNCR.dcm"))
+    values = np.rint(rg1.pixels[0] * 255).astype(np.uint8)
+    buffer = tmp_path / "rg1.jpg"
+    PILImage.fromarray(values).save(buffer, quality=90)
+    ds.PixelData = encapsulate([buffer.read_bytes()])
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.WindowCenter, ds.WindowWidth = 128, 256
+    path = tmp_path / "RG1_JPEG.dcm"
+    ds.save_as(path)
+    reduced = assert_close_at_model_size(path, "JPEG DCT scaled 1/4", 4)
+    assert reduced.shape == (math.ceil(1955 / 4), math.ceil(1841 / 4))
+
+
+def test_jpeg_2000_samples_are_moved_onto_the_block_centres(
+    testdata: DataPath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A level-r JPEG 2000 sample is centred on source f j, half a block before the block's
+    centre: without the move the reduced image is further from the full one."""
+    if library_version() is None:
+        pytest.skip("no OpenJPEG library")
+    path = testdata("RG3_J2KR.dcm")
+    full = load_image(path)
+    _, moved, _ = compare(full, load_image(path, min_size=SIZE))
+    monkeypatch.setattr(medcam.io.reduce, "_onto_blocks", lambda samples, factor: samples)
+    _, unmoved, _ = compare(full, load_image(path, min_size=SIZE))
+    assert moved < 0.6 * unmoved, (moved, unmoved)
+
+
+def test_reduced_geometry_spacing_affine_and_full_shape(testdata: DataPath) -> None:
+    path = testdata("CT_small.dcm")  # 128 x 128, 0.66 mm, with a patient position/orientation
+    full = load_image(path)
+    reduced = load_image(path, min_size=32)  # 1.25 * 32 = 40 <= 128 // 3
+    f = 3
+    assert reduced.reduction == f and reduced.shape == (42, 42) and reduced.full_shape == (128, 128)
+    assert full.spacing is not None and reduced.spacing == pytest.approx(
+        (full.spacing[0] * f, full.spacing[1] * f))
+    assert full.affine is not None and reduced.affine is not None
+    for col, row in [(0, 0), (41, 0), (7, 30)]:
+        source = [f * col + (f - 1) / 2, f * row + (f - 1) / 2, 0, 1]  # the block's centre
+        np.testing.assert_allclose(reduced.affine @ [col, row, 0, 1], full.affine @ source)
+    stored = pydicom.dcmread(path).pixel_array
+    expected = load_image(path, voi=(40.0, 400.0)).pixels[0, :126, :126].reshape(42, 3, 42, 3)
+    windowed = load_image(path, voi=(40.0, 400.0), min_size=32).pixels[0]
+    assert np.abs(windowed - expected.mean(axis=(1, 3))).mean() < 0.01
+    assert block_mean(stored, f).shape == (42, 42)
+
+
+def test_without_min_size_or_when_too_small_nothing_is_reduced(testdata: DataPath) -> None:
+    full = load_image(testdata("MR_small.dcm"))
+    same = load_image(testdata("MR_small.dcm"), min_size=320)
+    assert same.reduction == 1 and same.full_shape == (64, 64)
+    np.testing.assert_array_equal(same.pixels, full.pixels)
+    assert same.display == full.display
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_min_size_must_be_a_positive_integer(bad: object, testdata: DataPath) -> None:
+    with pytest.raises(ValueError, match="min_size must be a positive integer or None"):
+        load_image(testdata("MR_small.dcm"), min_size=bad)  # type: ignore[arg-type]
+
+
+def test_reduction_factor_keeps_both_sides_above_the_margin() -> None:
+    assert reduction_factor((1955, 1841), 320) == 4  # 1841 // 4 = 460 >= 400 > 1841 // 5
+    assert reduction_factor((1955, 1841), 320, powers_of_two=True, rounding=math.ceil) == 4
+    assert reduction_factor((1024, 1024), 320) == 2
+    assert reduction_factor((3000, 2500), 224) == 8  # 2500 // 8 = 312 >= 280 > 2500 // 9
+    assert reduction_factor((3000, 2500), 224, powers_of_two=True) == 8
+    assert reduction_factor((399, 5000), 320) == 1
+    assert reduction_factor((5000, 5000), None) == 1
+
+
+def test_block_mean_rounds_whole_blocks_in_the_stored_type() -> None:
+    stored = np.arange(35, dtype=np.int16).reshape(5, 7) - 10
+    means = block_mean(stored, 2)
+    assert means.dtype == np.int16 and means.shape == (2, 3)
+    np.testing.assert_array_equal(means, np.rint(stored[:4, :6].reshape(2, 2, 3, 2).mean(axis=(1, 3))))
+
+
+def test_decoded_levels_reads_the_cod_marker(testdata: DataPath) -> None:
+    from pydicom.encaps import generate_frames
+
+    ds = pydicom.dcmread(testdata("RG1_J2KR.dcm"))
+    assert decoded_levels(next(generate_frames(ds.PixelData, number_of_frames=1))) == 5
+    assert decoded_levels(b"\xff\xd8\xff\xe0 not a J2K codestream") == 0
