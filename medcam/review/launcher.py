@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -23,7 +24,8 @@ from pathlib import Path
 from medcam.errors import ConfigError, MedcamError
 from medcam.review.worklist import Limits
 
-__all__ = ["APP", "ENV", "ReviewConfig", "default_db", "is_loopback", "launch", "streamlit_command"]
+__all__ = ["APP", "ENV", "STOP_SIGNALS", "ReviewConfig", "default_db", "is_loopback", "launch", "run_server",
+           "streamlit_command"]
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "reviewer.py"
 ENV = {"folder": "MEDCAM_REVIEW_DIR", "db": "MEDCAM_REVIEW_DB", "model": "MEDCAM_REVIEW_MODEL",
@@ -149,4 +151,39 @@ def launch(config: ReviewConfig, *, host: str = "127.0.0.1", port: int = 8501) -
               file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
     print(f"open http://{shown}:{port} (Ctrl-C stops the server)", flush=True)
-    return subprocess.call(argv, env=env)
+    return run_server(argv, env)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def run_server(argv: list[str], env: dict[str, str], *, grace: float = 10.0) -> int:
+    """Run the server as a child process and never leave it behind.
+
+    SIGTERM (what a service manager sends), SIGINT and SIGHUP are passed on to the server,
+    which gets ``grace`` seconds to stop before it is killed; so does any other way this
+    process leaves the function. Returns the server's exit status, or ``128 + signal`` when
+    a signal stopped it.
+    """
+    server = subprocess.Popen(argv, env=env)
+    received: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    try:
+        code = server.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    return 128 + received[0] if received else code

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +86,11 @@ def test_launch_checks_everything_before_starting_the_server(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_checkpoint: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[tuple[list[str], dict[str, str]]] = []
-    def fake_call(argv: list[str], env: dict[str, str]) -> int:
+    def fake_run(argv: list[str], env: dict[str, str]) -> int:
         calls.append((argv, env))
         return 0
 
-    monkeypatch.setattr(launcher.subprocess, "call", fake_call)
+    monkeypatch.setattr(launcher, "run_server", fake_run)
     config = ReviewConfig(folder=tmp_path, db=tmp_path / "db" / "r.db", model=str(tiny_checkpoint))
     assert launcher.launch(config, host="0.0.0.0", port=8124) == 0
     (argv, env), = calls
@@ -97,5 +102,42 @@ def test_launch_checks_everything_before_starting_the_server(
     with pytest.raises(CheckpointError):
         launcher.launch(ReviewConfig(folder=tmp_path, db=tmp_path / "r.db", model=str(tmp_path / "none.pt")))
     assert len(calls) == 1
-    assert main(["review", str(tmp_path / "missing")]) == 2  # refused with a message, no traceback
+    assert main(["review", str(tmp_path / "missing")]) == 1  # refused with a message, no traceback
     assert "does not exist" in capsys.readouterr().err
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_review_stops_its_server_on_a_signal(sig: int, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    pytest.importorskip("streamlit", reason='the reviewer needs Streamlit: pip install "medcam-screening[app]"')
+    port = _free_port()
+    review = subprocess.Popen([sys.executable, "-m", "medcam", "review", str(tmp_path), "--port", str(port),
+                               "--model", str(tiny_checkpoint)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)  # its own group: only the signal we send reaches it
+    try:
+        deadline = time.monotonic() + 120
+        while not _listening(port):
+            assert review.poll() is None, review.stderr.read() if review.stderr else ""
+            assert time.monotonic() < deadline, "the server never listened"
+            time.sleep(0.2)
+        review.send_signal(sig)
+        assert review.wait(timeout=30) == 128 + sig
+        deadline = time.monotonic() + 15
+        while _listening(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _listening(port), "the Streamlit server outlived medcam review"
+    finally:
+        if review.poll() is None:
+            os.killpg(review.pid, signal.SIGKILL)
