@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -48,6 +49,7 @@ from medcam.scoring.dataset import load_record
 from medcam.scoring.discover import Item, count_items, iter_items
 from medcam.scoring.options import ScoreOptions, ScoreSummary, progress_bar
 from medcam.scoring.outputs import prepare_outputs, write_outputs
+from medcam.scoring.ray_cluster import check_resources, requested_resources
 from medcam.scoring.results import ModelInfo, ResultsFile, SkippedFile, make_row, results_columns, write_studies
 
 __all__ = ["INSTALL_HINT", "import_ray", "score_ray"]
@@ -90,7 +92,9 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
         chunk_size: inputs per Ray dataset; the driver holds one chunk of paths at a time.
 
     Raises:
-        ConfigError: a bad device, count or CAM class.
+        ConfigError: a bad device, count or CAM class, or a cluster too small for ``actors``
+            actors of ``actor_cpus`` CPUs (and a GPU each with ``cuda``) plus a decoding task,
+            refused before any work is sent (:func:`~medcam.scoring.ray_cluster.check_resources`).
         MedcamError: Ray is not installed, or the results file belongs to another run.
     """
     if device not in ("cpu", "cuda"):
@@ -117,6 +121,12 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
     counts = {"ok": 0, "error": 0, "not_analysed": 0, "skipped": 0}
     start = time.perf_counter()
     try:
+        target = address or os.environ.get("RAY_ADDRESS")
+        local = started and not target
+        where = ("the Ray cluster this process is connected to" if not started else
+                 f"the Ray cluster at {target}" if target else "the Ray instance on this machine")
+        check_resources(requested_resources(actors, actor_cpus, device, writes=options.needs_maps,
+                                            task_cpus=_DECODE_CPUS), ray.cluster_resources(), where=where, local=local)
         blob = [ray.put(Path(checkpoint.path).read_bytes())]  # in a list: the actor fetches it itself
         columns = results_columns(info.classes, options.output_columns)
         with ResultsFile.open(options.out, columns, info.model_id, resume=options.resume) as results:
