@@ -642,3 +642,59 @@ def test_occlusion_argument_errors(mlp_cnn2d: nn.Module) -> None:
         explain(_images((32, 32), batch=1))
     with pytest.raises(ValueError, match=r"mask_size \(40,\) does not fit .* \(32, 32\)"):
         OcclusionCAM(mlp_cnn2d, mask_size=40)(_images((32, 32), batch=1))
+
+
+# --- Pooled features from the single pass; restoring the pooling layer on any failure ------
+
+
+class _ProbeFailure(BaseException):
+    """Stands for KeyboardInterrupt/SystemExit: not an Exception, so only BaseException catches it."""
+
+
+class _FailsOnPositions(nn.Module):
+    """Passes the pooled ``(2, C, 1, 1)`` probe through, raises once positions enter the batch."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 2:
+            raise self.error
+        return x
+
+
+@pytest.mark.parametrize("error", [ValueError("odd batch"), _ProbeFailure("interrupted")],
+                         ids=["ValueError", "BaseException"])
+def test_inplace_conversion_is_undone_on_any_exception(gap_cnn2d: nn.Module, error: BaseException) -> None:
+    network = copy.deepcopy(gap_cnn2d)
+    network.head.insert(1, _FailsOnPositions(error))  # GAP -> failing module -> flatten -> linear
+    pool = network.get_submodule("head.0")
+    x = _images((32, 32))
+    before = _plain_logits(network, x)
+    with pytest.raises(type(error), match=str(error)):
+        convert_to_cam(network, inplace=True, probe_shape=(32, 32))
+    assert network.get_submodule("head.0") is pool
+    torch.testing.assert_close(_plain_logits(network, x), before, atol=0, rtol=0)
+
+
+def test_single_pass_features_are_the_pooled_features_of_the_same_pass(densenet2d: nn.Module) -> None:
+    x = _images((64, 64), batch=3)
+    pooled: list[torch.Tensor] = []
+    original = copy.deepcopy(densenet2d)
+    handle = original.class_layers.pool.register_forward_hook(lambda m, i, o: pooled.append(o.flatten(1)))
+    try:
+        _plain_logits(original, x)
+    finally:
+        handle.remove()
+    cam = convert_to_cam(densenet2d)
+    with torch.inference_mode():
+        out = cam(x)
+    assert out.features is not None and out.features.shape == (3, 1024)
+    assert out.features.abs().max() > 0.05
+    torch.testing.assert_close(out.features, pooled[0], atol=1e-5, rtol=0)
+    with torch.inference_mode():
+        from_features = cam.network.class_layers.out(out.features)
+    torch.testing.assert_close(from_features, out.logits, atol=1e-4, rtol=0)
+    assert cam._reshape.take_features() is None, "the batch's features must not outlive the call"
+    assert GradCAM(densenet2d, "class_layers.relu")(x).features is None

@@ -41,15 +41,21 @@ _ADAPTIVE_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPoo
 
 
 class CAMOutput(NamedTuple):
-    """Logits ``(B, K)`` and raw class activation maps ``(B, K, *spatial)``.
+    """Logits ``(B, K)``, raw class activation maps ``(B, K, *spatial)`` and pooled features.
 
     The maps are in logit units on the network's last feature grid: their spatial mean is
     the logit (for single-pass CAM). See :mod:`medcam.models.grid` to bring them onto the
     source image and normalise them.
+
+    ``features`` ``(B, C)`` is the spatial mean of the feature map the head sees (what the
+    replaced global average pooling would have output), from the same forward pass; the
+    out-of-distribution score of :mod:`medcam.gate.ood` reads it. Methods that do not see
+    the head's input (the gradient and occlusion methods) leave it ``None``.
     """
 
     logits: torch.Tensor
     maps: torch.Tensor
+    features: torch.Tensor | None = None
 
 
 class CAMMethod(ABC):
@@ -70,8 +76,9 @@ class _SpatialToBatch(nn.Module):
 
     The output keeps the pooled tensor's rank, so whatever the network does next (a
     ``Flatten`` module, ``x.view(x.size(0), -1)``, ``torch.flatten(x, 1)``) still works and the
-    linear layer scores every position. The spatial shape of the last call is kept per
-    thread so that one converted model can serve several threads.
+    linear layer scores every position. The spatial shape of the last call, and the pooled
+    features ``(B, C)`` until :meth:`take_features` collects them, are kept per thread so
+    that one converted model can serve several threads.
     """
 
     def __init__(self) -> None:
@@ -83,9 +90,16 @@ class _SpatialToBatch(nn.Module):
         spatial: tuple[int, ...] = self._local.spatial
         return spatial
 
+    def take_features(self) -> torch.Tensor | None:
+        """The pooled features of this thread's last call, handed over once (then None)."""
+        features: torch.Tensor | None = getattr(self._local, "features", None)
+        self._local.features = None
+        return features
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
         self._local.spatial = tuple(spatial)
+        self._local.features = x.reshape(b, c, -1).mean(-1)
         positions = x.reshape(b, c, -1).transpose(1, 2).reshape(-1, c)
         return positions.reshape(-1, c, *([1] * len(spatial)))
 
@@ -125,8 +139,10 @@ def _is_global(output_size: object) -> bool:
 class SinglePassCAM(nn.Module, CAMMethod):
     """A converted network: ``forward(x)`` returns :class:`CAMOutput` for the whole batch.
 
-    Build it with :func:`convert_to_cam`. The converted network has the same parameters
-    and ``state_dict`` as the original (the reshape module has none).
+    The output also carries the pooled features ``(B, C)`` of the head's input, taken from
+    the same pass at the cost of one spatial mean. Build it with :func:`convert_to_cam`. The
+    converted network has the same parameters and ``state_dict`` as the original (the
+    reshape module has none).
     """
 
     def __init__(self, network: nn.Module, gap_name: str) -> None:
@@ -137,7 +153,10 @@ class SinglePassCAM(nn.Module, CAMMethod):
         _set_submodule(network, gap_name, self._reshape)
 
     def forward(self, x: torch.Tensor) -> CAMOutput:
-        scores = self.network(x)
+        try:
+            scores = self.network(x)
+        finally:
+            features = self._reshape.take_features()
         b = x.shape[0]
         spatial = self._reshape.last_spatial
         if scores.ndim != 2 or scores.shape[0] != b * math.prod(spatial):
@@ -148,7 +167,7 @@ class SinglePassCAM(nn.Module, CAMMethod):
             )
         k = scores.shape[1]
         maps = scores.reshape(b, -1, k).transpose(1, 2).reshape(b, k, *spatial)
-        return CAMOutput(logits=maps.flatten(2).mean(-1), maps=maps)
+        return CAMOutput(logits=maps.flatten(2).mean(-1), maps=maps, features=features)
 
 
 def convert_to_cam(
@@ -174,6 +193,10 @@ def convert_to_cam(
         atol: largest accepted absolute difference between the two sets of probe logits.
         gap_layer: name of the head's pooling layer, if not the last global pooling.
 
+    Whatever goes wrong during the check (a refusal, any other exception, an interrupt), the
+    pooling layer is put back, so that an ``inplace`` conversion never leaves a half-converted
+    network behind.
+
     Raises:
         UnsupportedModelError: the network has no GAP layer, or its head is not
             a per-position affine map (for instance an MLP with a non-linearity).
@@ -196,22 +219,24 @@ def convert_to_cam(
     with torch.inference_mode():
         reference = net(probe)
     converted = SinglePassCAM(net, gap_name)
-    with torch.inference_mode():
-        try:
-            logits = converted(probe).logits
-        except RuntimeError as err:
-            _set_submodule(net, gap_name, gap)
+    try:
+        with torch.inference_mode():
+            try:
+                logits = converted(probe).logits
+            except RuntimeError as err:
+                raise UnsupportedModelError(
+                    f"{type(network).__name__}: the layers after {gap_name!r} do not accept one "
+                    f"position at a time ({err})."
+                ) from err
+        if reference.shape != logits.shape or not torch.allclose(reference, logits, atol=atol):
             raise UnsupportedModelError(
-                f"{type(network).__name__}: the layers after {gap_name!r} do not accept one "
-                f"position at a time ({err})."
-            ) from err
-    if reference.shape != logits.shape or not torch.allclose(reference, logits, atol=atol):
+                f"{type(network).__name__}: the head after {gap_name!r} is not a per-position "
+                "affine map (flatten/dropout/linear), so its logits are not the mean of "
+                "class activation maps. Use medcam.models.GradCAM for this network."
+            )
+    except BaseException:
         _set_submodule(net, gap_name, gap)
-        raise UnsupportedModelError(
-            f"{type(network).__name__}: the head after {gap_name!r} is not a per-position "
-            "affine map (flatten/dropout/linear), so its logits are not the mean of "
-            "class activation maps. Use medcam.models.GradCAM for this network."
-        )
+        raise
     return converted
 
 
