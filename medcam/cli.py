@@ -67,7 +67,8 @@ def _score(args: argparse.Namespace) -> int:
                            regions=Path(args.regions) if args.regions else None,
                            region_formats=tuple(args.formats.split(",")), region_options=_region_options(args),
                            cam_class=args.cam_class, batch_size=args.batch_size,
-                           workers=default_workers() if args.workers is None else args.workers, voi=_voi(args))
+                           workers=default_workers() if args.workers is None else args.workers, voi=_voi(args),
+                           reduce=not args.full_decode)
     summary = score.main(args.inputs, args.model, options, device=args.device, engine=args.engine,
                          ray_address=args.ray_address, actors=args.actors)
     return exit_status(summary)
@@ -207,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int,
                    help="CPU threads of the model (default: torch's choice, all cores; the local engine)")
     _add_display(p)
+    p.add_argument("--full-decode", action="store_true",
+                   help="decode every image at full resolution for scoring (default: large DICOMs are decoded "
+                        "at the resolution the model needs, and read in full only for the files they get)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help='local (default), or ray (pip install "medcam-screening[distributed]")')
     p.add_argument("--ray-address", metavar="ADDRESS",

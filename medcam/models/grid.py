@@ -60,6 +60,18 @@ class GridTransform:
         shift = tuple((size - r) // 2 for r in resized)
         return cls(tuple(source_shape), (size,) * len(source_shape), scale, tuple(map(float, shift)))
 
+    def from_full_resolution(self, full_shape: tuple[int, ...], reduction: int) -> GridTransform:
+        """This transform of a reduced decode, seen from the full-resolution source.
+
+        A pixel of an image decoded at ``1/reduction`` covers ``reduction`` source pixels
+        along each axis, so a continuous reduced coordinate is the source coordinate over
+        ``reduction``; the model grid is unchanged. Maps brought back with the result land on
+        the full source pixels.
+        """
+        if reduction == 1:
+            return self
+        return GridTransform(tuple(full_shape), self.model_shape, tuple(s / reduction for s in self.scale), self.shift)
+
     @property
     def resized_shape(self) -> tuple[int, ...]:
         return tuple(round(n * s) for n, s in zip(self.source_shape, self.scale, strict=True))

@@ -43,6 +43,8 @@ class Record:
         reason: why the file was refused; empty when it was read.
         skipped: why a file inside a folder is not an input (it gets no row); empty for inputs.
         tensor: the model input ``(1, size, size)``; None once collated, or on error.
+        transform: from the decoded pixels to the model grid.
+        reduction: source pixels per decoded pixel (see :func:`medcam.io.load_image`'s ``min_size``).
         image: the loaded image, kept only when CAM files are written.
     """
 
@@ -55,6 +57,7 @@ class Record:
     study_instance_uid: str = ""
     tensor: torch.Tensor | None = None
     transform: GridTransform | None = None
+    reduction: int = 1
     image: Image | None = None
 
     @property
@@ -79,8 +82,13 @@ class Batch:
 
 
 def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
-                keep_image: bool = False) -> Record:
-    """Read and prepare one input; every refusal becomes a :class:`Record` with the reason."""
+                keep_image: bool = False, reduce: bool = False) -> Record:
+    """Read and prepare one input; every refusal becomes a :class:`Record` with the reason.
+
+    With ``reduce``, a large DICOM is decoded at the lowest resolution that still covers
+    the model's grid (:func:`medcam.io.load_image` with ``min_size``): its probability is
+    the full decode's to within 0.01 (tested), at a fraction of the decoding time.
+    """
     if item.error:
         return Record(item.path, status="error", reason=item.error)
     if not item.named:
@@ -88,7 +96,7 @@ def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
         if skipped:
             return Record(item.path, skipped=skipped)
     try:
-        image = load_image(item.path, voi=voi)
+        image = load_image(item.path, voi=voi, min_size=preprocess.size if reduce else None)
         tensor, transform = prepare(image, preprocess)
     except UnsupportedInputError as err:
         return _refused(item.path, err.reason)
@@ -102,6 +110,7 @@ def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
         study_instance_uid=identity.study_instance_uid if identity else "",
         tensor=tensor,
         transform=transform,
+        reduction=image.reduction,
         image=image if keep_image else None,
     )
 
@@ -130,13 +139,15 @@ def _refused(path: str, reason: str) -> Record:
 class ScoringDataset(Dataset[Record]):
     """``dataset[item]`` is :func:`load_record` of an :class:`~medcam.scoring.discover.Item`."""
 
-    def __init__(self, preprocess: PreprocessConfig, *, voi: VOI = "auto", keep_image: bool = False) -> None:
+    def __init__(self, preprocess: PreprocessConfig, *, voi: VOI = "auto", keep_image: bool = False,
+                 reduce: bool = False) -> None:
         self.preprocess = preprocess
         self.voi = voi
         self.keep_image = keep_image
+        self.reduce = reduce
 
     def __getitem__(self, item: Item) -> Record:
-        return load_record(item, self.preprocess, voi=self.voi, keep_image=self.keep_image)
+        return load_record(item, self.preprocess, voi=self.voi, keep_image=self.keep_image, reduce=self.reduce)
 
 
 def collate(records: Sequence[Record]) -> Batch:

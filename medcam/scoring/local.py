@@ -12,18 +12,26 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from medcam.io import Image
-from medcam.models.grid import GridTransform
+from medcam.io import load_image
+from medcam.models.cam import CAMOutput
 from medcam.models.predictor import Classifier
-from medcam.scoring.dataset import Batch, ScoringDataset, make_loader
+from medcam.scoring.dataset import Batch, Record, ScoringDataset, make_loader
 from medcam.scoring.discover import count_items, iter_items
 from medcam.scoring.options import ScoreOptions, ScoreSummary, progress_bar
 from medcam.scoring.outputs import Written, prepare_outputs, write_outputs
-from medcam.scoring.results import ModelInfo, ResultsFile, SkippedFile, make_row, results_columns, write_studies
+from medcam.scoring.results import (
+    ModelInfo,
+    ResultsFile,
+    SkippedFile,
+    label_of,
+    make_row,
+    results_columns,
+    write_studies,
+)
 
 __all__ = ["score"]
 
@@ -52,7 +60,8 @@ def score(inputs: Iterable[str | Path], classifier: Classifier, options: ScoreOp
         total = count_items(inputs, skip=results.done, outputs=options.outputs)
         items = iter_items(inputs, skip=results.done, outputs=options.outputs)
         dataset = ScoringDataset(classifier.checkpoint.preprocess, voi=options.voi,
-                                 keep_image=options.needs_maps)
+                                 keep_image=options.needs_maps and options.decode_full,
+                                 reduce=not options.decode_full)
         loader = make_loader(items, dataset, batch_size=options.batch_size, workers=options.workers,
                              prefetch=options.prefetch, pin_memory=classifier.device.type == "cuda",
                              niceness=19 if classifier.device.type == "cpu" else 0)
@@ -108,10 +117,8 @@ def _score_batch(batch: Batch, classifier: Classifier, info: ModelInfo, options:
         output = classifier.explain(batch.inputs, options.method)
         probabilities = classifier.probabilities(output.logits).float().cpu().tolist()
         if options.needs_maps:
-            images: Sequence[Image] = [r.image for r in ok if r.image is not None]
-            transforms: Sequence[GridTransform] = [r.transform for r in ok if r.transform is not None]
-            predictions = classifier.predictions(images, transforms, output)
-            written = [write_outputs(p, r.path, options, cam_class) for p, r in zip(predictions, ok, strict=True)]
+            written = [_write(classifier, output, i, record, info, options, cam_class, probabilities[i])
+                       for i, record in enumerate(ok)]
     results = iter(zip(probabilities, written, strict=True))
     rows = []
     for record in batch.records:
@@ -126,3 +133,21 @@ def _score_batch(batch: Batch, classifier: Classifier, info: ModelInfo, options:
             rows.append(make_row(info, record.path, record.status, record.reason, record.uids, None,
                                  columns=options.output_columns))
     return rows
+
+
+def _write(classifier: Classifier, output: CAMOutput, index: int, record: Record, info: ModelInfo,
+           options: ScoreOptions, cam_class: str, probabilities: list[float]) -> Written:
+    """The files of one image of the batch, if it gets any; read in full here if it was decoded reduced."""
+    if options.regions_of == "flagged" and options.cams is None and not label_of(info, probabilities)[1]:
+        return Written()
+    assert record.transform is not None
+    image, transform = record.image, record.transform
+    if image is None:
+        try:
+            image = load_image(record.path, voi=options.voi)
+        except Exception as err:  # the file changed or went since it was scored: this image's row says so
+            return Written(error=f"could not be read again in full to write its files ({err})")
+        transform = transform.from_full_resolution(image.shape, record.reduction)
+    prediction = classifier.predictions([image], [transform], CAMOutput(output.logits[index:index + 1],
+                                                                        output.maps[index:index + 1]))[0]
+    return write_outputs(prediction, record.path, options, cam_class)

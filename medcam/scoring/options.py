@@ -50,6 +50,8 @@ class ScoreOptions:
         prefetch: batches each worker keeps ready.
         cam_class: class whose map is overlaid and gives the regions (any case; default: the
             model's positive class).
+        reduce: decode large DICOMs at the resolution the model needs for scoring; the
+            images that get files are decoded again in full (see :attr:`decode_full`).
         method: how the maps are made: ``cam`` (single pass, the default) or, for
             comparison, ``gradcam``, ``gradcam++`` or ``occlusion`` (several passes each).
         regions: folder for the region exports (:func:`medcam.export.export_regions`) of the
@@ -76,6 +78,7 @@ class ScoreOptions:
     colour_map: str = "jet"
     opacity: float = 0.5
     method: str = "cam"
+    reduce: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -105,6 +108,13 @@ class ScoreOptions:
         cams = ("overlay", "cam", "cam_nifti") if self.cams is not None else ()
         regions = ("regions", "exports", "not_exported") if self.regions is not None else ()
         return (*cams, *regions)
+
+    @property
+    def decode_full(self) -> bool:
+        """Whether the decoding workers read every image in full: when reduction is off, or
+        every analysed image gets files. Otherwise they decode reduced, and the few images
+        that get files (the flagged ones, for ``--regions``) are read again in full."""
+        return not self.reduce or self.cams is not None or (self.regions is not None and self.regions_of == "all")
 
     @property
     def needs_maps(self) -> bool:
