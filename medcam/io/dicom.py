@@ -277,6 +277,9 @@ def _truncation(ds: Dataset, f: BinaryIO, size: int) -> str | None:
         return None
     if length == _UNDEFINED_LENGTH:
         return None
+    if start + length > size and not keyword_for_tag(last.tag) and length > size:
+        return (f"corrupt DICOM: an element {name} that no dictionary knows claims {length} bytes, "
+                f"more than the whole file ({size} bytes)")
     if start + length > size:
         return f"truncated file: {name} has {size - start} of its {length} bytes"
     if start + length < size:
