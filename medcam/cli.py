@@ -51,7 +51,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     options = predict.predict_options(args.out, cam_class=args.cam_class, colour_map=args.colour_map,
                                       opacity=args.opacity, batch_size=args.batch_size, voi=_voi(args),
-                                      method=args.method, workers=0)
+                                      method=args.method, workers=0,
+                                      ignore_intended_use=args.ignore_intended_use)
     return exit_status(predict.main(args.paths, Classifier(args.model, device=args.device), options))
 
 
@@ -68,7 +69,7 @@ def _score(args: argparse.Namespace) -> int:
                            region_formats=tuple(args.formats.split(",")), region_options=_region_options(args),
                            cam_class=args.cam_class, batch_size=args.batch_size,
                            workers=default_workers() if args.workers is None else args.workers, voi=_voi(args),
-                           reduce=not args.full_decode)
+                           reduce=not args.full_decode, ignore_intended_use=args.ignore_intended_use)
     summary = score.main(args.inputs, args.model, options, device=args.device, engine=args.engine,
                          ray_address=args.ray_address, actors=args.actors)
     return exit_status(summary)
@@ -80,7 +81,7 @@ def _export(args: argparse.Namespace) -> int:
 
     options = export.export_options(args.out, cam_class=args.cam_class, region_formats=args.formats,
                                     region_options=_region_options(args), batch_size=args.batch_size,
-                                    voi=_voi(args), workers=0)
+                                    voi=_voi(args), workers=0, ignore_intended_use=args.ignore_intended_use)
     return exit_status(export.main(args.paths, Classifier(args.model, device=args.device), options))
 
 
@@ -96,6 +97,25 @@ def _evaluate(args: argparse.Namespace) -> int:
           f"threshold {m['threshold']:.3f}: sensitivity {m['sensitivity']:.3f}, "
           f"specificity {m['specificity']:.3f}  ECE {m['ece']:.3f}")
     print(f"wrote metrics.json, roc.png, reliability.png, confusion.png to {args.out}")
+    return 0
+
+
+def _fit_ood(args: argparse.Namespace) -> int:
+    from medcam.commands.gate import fit_ood_command
+
+    fit_ood_command(args.model, args.data, args.val, args.out, batch_size=args.batch_size,
+                    quantile=args.quantile)
+    return 0
+
+
+def _intended_use(args: argparse.Namespace) -> int:
+    from medcam.commands.gate import intended_use_command
+
+    changes = {k: v for k, v in vars(args).items()
+               if k in ("modalities", "views", "body_parts", "min_age", "max_age", "min_size") and v is not None}
+    if args.allow_secondary_capture is not None:
+        changes["allow_secondary_capture"] = args.allow_secondary_capture
+    intended_use_command(args.model, changes, args.out)
     return 0
 
 
@@ -132,6 +152,12 @@ def _add_display(p: argparse.ArgumentParser) -> None:
                    help="DICOM VOI step (default: auto = VOI LUT, else window, else percentiles)")
     p.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"),
                    help="DICOM window to use instead of the file's")
+
+
+def _add_gate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ignore-intended-use", action="store_true",
+                   help="research only: analyse images outside the model's intended use too (wrong modality, "
+                        "view, body part, age, or unlike its training images); their rows say so")
 
 
 def _add_regions(p: argparse.ArgumentParser) -> None:
@@ -178,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["cam", "gradcam", "gradcam++", "occlusion"], default="cam",
                    help="how the maps are made: cam (single pass, default), or for comparison gradcam, "
                         "gradcam++ (a forward and backward pass per class) or occlusion (many passes)")
+    _add_gate(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=_predict)
@@ -195,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cams", metavar="DIR", help="also write each image's CAM overlay and raw map here")
     p.add_argument("--regions", metavar="DIR",
                    help="also export the pneumonia regions of every flagged image here (as medcam export does)")
-    p.add_argument("--formats", default="seg,sc,nifti,png,json",
-                   help="formats of --regions (default: seg,sc,nifti,png,json)")
+    p.add_argument("--formats", default="seg,sc,sr,nifti,png,json",
+                   help="formats of --regions, from seg,sc,sr,gsps,nifti,png,json,csv "
+                        "(default: seg,sc,sr,nifti,png,json)")
     p.add_argument("--class", dest="cam_class", help="class whose map is overlaid and gives the regions, any case "
                    "(default: the positive class)")
     _add_regions(p)
@@ -208,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int,
                    help="CPU threads of the model (default: torch's choice, all cores; the local engine)")
     _add_display(p)
+    _add_gate(p)
     p.add_argument("--full-decode", action="store_true",
                    help="decode every image at full resolution for scoring (default: large DICOMs are decoded "
                         "at the resolution the model needs, and read in full only for the files they get)")
@@ -228,8 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--class", dest="cam_class", help="class whose map gives the regions, any case "
                    "(default: the positive class)")
-    p.add_argument("--formats", default="all", help="comma-separated: seg,sc,nifti,png,json,csv (default: all)")
+    p.add_argument("--formats", default="all",
+                   help="comma-separated: seg,sc,sr,gsps,nifti,png,json,csv (default: all)")
     _add_regions(p)
+    _add_gate(p)
     _add_display(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -242,6 +273,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("fit-ood", help="fit the image gate's out-of-distribution statistics into a checkpoint",
+                       description="Fit class means and a shrunk covariance (Ledoit-Wolf) of the model's pooled "
+                       "features on the training images, set the refusal threshold at a quantile of the "
+                       "validation images' scores, and write a new checkpoint that carries them.")
+    p.add_argument("--model", required=True, help="checkpoint path, or 'bundled'")
+    p.add_argument("--data", required=True, help="training images: CSV (file,label[,patient_id]) or a folder per class")
+    p.add_argument("--val", required=True, help="validation images, for the threshold (same forms)")
+    p.add_argument("--out", required=True, help="the checkpoint to write (may be --model itself, not 'bundled')")
+    p.add_argument("--quantile", type=float, default=0.99,
+                   help="validation quantile of the threshold (default 0.99: 1%% of validation images refused)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_fit_ood)
+
+    p = sub.add_parser("intended-use", help="show or edit the intended use a checkpoint carries",
+                       description="Print the intended use (modalities, views, body parts, ages, minimum size) that "
+                       "the tag gate holds DICOM headers against; with options, write a checkpoint that "
+                       "carries the changed values.")
+    p.add_argument("--model", required=True, help="checkpoint path, or 'bundled'")
+    p.add_argument("--modalities", nargs="+", metavar="MODALITY", help="e.g. CR DX")
+    p.add_argument("--views", nargs="+", metavar="VIEW", help="e.g. PA AP")
+    p.add_argument("--body-parts", nargs="+", metavar="PART", help="e.g. CHEST")
+    p.add_argument("--min-age", type=float, help="youngest patient, years")
+    p.add_argument("--max-age", type=float, help="oldest patient, years")
+    p.add_argument("--min-size", type=int, help="smallest rows and columns, pixels")
+    p.add_argument("--allow-secondary-capture", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--out", help="the checkpoint to write when changing values")
+    p.set_defaults(func=_intended_use)
 
     p = sub.add_parser("model-card", help="write a model card from a checkpoint and its evaluations")
     _add_model(p)

@@ -74,6 +74,11 @@ class Classifier:
     Args:
         checkpoint: a loaded checkpoint, a path, or ``"bundled"``.
         device: where the network runs.
+
+    Attributes:
+        intended_use: what the model was made for (:class:`medcam.gate.IntendedUse`).
+        ood: the out-of-distribution statistics of its training images, or None when the
+            checkpoint has none (then no image is refused for its content).
     """
 
     def __init__(self, checkpoint: Checkpoint | str = BUNDLED_MODEL, *, device: str = "cpu") -> None:
@@ -83,6 +88,12 @@ class Classifier:
         self.cam: SinglePassCAM = convert_to_cam(self.checkpoint.network).to(  # type: ignore[call-overload]
             self.device, memory_format=self.memory_format)
         self._explainers: dict[str, CAMMethod] = {}
+        from medcam.gate import read_intended_use, read_ood
+
+        self.intended_use = read_intended_use(self.checkpoint)
+        self.ood = read_ood(self.checkpoint)
+        if self.ood is not None:
+            self.ood = self.ood.to(self.device)
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -19,15 +19,18 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import pydicom
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medcam.config import PreprocessConfig
 from medcam.errors import UnsupportedInputError
+from medcam.gate import IntendedUse, check_tags
 from medcam.io import VOI, Image, detect_format, load_image, read_identity
 from medcam.models.grid import GridTransform
 from medcam.models.preprocess import prepare
 from medcam.scoring.discover import Item
+from medcam.scoring.verdict import IGNORED
 
 __all__ = ["IMAGE_SUFFIXES", "Batch", "Record", "ScoringDataset", "collate", "load_record", "make_loader"]
 
@@ -40,7 +43,8 @@ class Record:
 
     Attributes:
         status: ``ok``, ``not_analysed`` or ``error`` (see :mod:`medcam.scoring.results`).
-        reason: why the file was refused; empty when it was read.
+        reason: why the file was refused; for a file that was read, empty or a note (analysed
+            outside the intended use).
         skipped: why a file inside a folder is not an input (it gets no row); empty for inputs.
         tensor: the model input ``(1, size, size)``; None once collated, or on error.
         transform: from the decoded pixels to the model grid.
@@ -62,6 +66,7 @@ class Record:
 
     @property
     def ok(self) -> bool:
+        """Decoded and prepared: it goes through the model (``reason`` may hold a note)."""
         return self.status == "ok" and not self.skipped
 
     @property
@@ -82,12 +87,17 @@ class Batch:
 
 
 def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
-                keep_image: bool = False, reduce: bool = False) -> Record:
+                keep_image: bool = False, reduce: bool = False, use: IntendedUse | None = None,
+                enforce: bool = True) -> Record:
     """Read and prepare one input; every refusal becomes a :class:`Record` with the reason.
 
     With ``reduce``, a large DICOM is decoded at the lowest resolution that still covers
     the model's grid (:func:`medcam.io.load_image` with ``min_size``): its probability is
     the full decode's to within 0.01 (tested), at a fraction of the decoding time.
+
+    ``use``: a DICOM whose header contradicts the model's intended use
+    (:func:`medcam.gate.check_tags`) is ``not_analysed`` before its pixels are decoded;
+    with ``enforce=False`` it is analysed and the reason kept as a note.
     """
     if item.error:
         return Record(item.path, status="error", reason=item.error)
@@ -95,6 +105,12 @@ def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
         skipped = _not_an_input(item.path)
         if skipped:
             return Record(item.path, skipped=skipped)
+    note = ""
+    if use is not None and detect_format(item.path) == "dicom":
+        refusal = _tag_refusal(item.path, use)
+        if refusal and enforce:
+            return _refused(item.path, refusal, status="not_analysed")
+        note = f"{IGNORED}: {refusal}" if refusal else ""
     try:
         image = load_image(item.path, voi=voi, min_size=preprocess.size if reduce else None)
         tensor, transform = prepare(image, preprocess)
@@ -105,6 +121,7 @@ def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
     identity = image.identity
     return Record(
         path=item.path,
+        reason=note,
         sop_instance_uid=identity.sop_instance_uid if identity else "",
         series_instance_uid=identity.series_instance_uid if identity else "",
         study_instance_uid=identity.study_instance_uid if identity else "",
@@ -125,13 +142,23 @@ def _not_an_input(path: str) -> str:
     return "not an image (no DICOM, NIfTI, PNG or JPEG content or name)"
 
 
-def _refused(path: str, reason: str) -> Record:
+def _tag_refusal(path: str, use: IntendedUse) -> str | None:
+    """Why the header of the DICOM ``path`` contradicts ``use``; None when nothing does, or when
+    the header cannot be read (the decoder then says what is wrong)."""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # a damaged file: load_image gives the reason
+        return None
+    return check_tags(header, use)
+
+
+def _refused(path: str, reason: str, status: str = "error") -> Record:
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         reason = "empty file"
     identity = read_identity(path) if detect_format(path) == "dicom" else None
     if identity is None:
-        return Record(path, status="error", reason=reason)
-    return Record(path, status="error", reason=reason, sop_instance_uid=identity.sop_instance_uid,
+        return Record(path, status=status, reason=reason)
+    return Record(path, status=status, reason=reason, sop_instance_uid=identity.sop_instance_uid,
                   series_instance_uid=identity.series_instance_uid,
                   study_instance_uid=identity.study_instance_uid)
 
@@ -140,14 +167,17 @@ class ScoringDataset(Dataset[Record]):
     """``dataset[item]`` is :func:`load_record` of an :class:`~medcam.scoring.discover.Item`."""
 
     def __init__(self, preprocess: PreprocessConfig, *, voi: VOI = "auto", keep_image: bool = False,
-                 reduce: bool = False) -> None:
+                 reduce: bool = False, use: IntendedUse | None = None, enforce: bool = True) -> None:
         self.preprocess = preprocess
         self.voi = voi
         self.keep_image = keep_image
         self.reduce = reduce
+        self.use = use
+        self.enforce = enforce
 
     def __getitem__(self, item: Item) -> Record:
-        return load_record(item, self.preprocess, voi=self.voi, keep_image=self.keep_image, reduce=self.reduce)
+        return load_record(item, self.preprocess, voi=self.voi, keep_image=self.keep_image, reduce=self.reduce,
+                           use=self.use, enforce=self.enforce)
 
 
 def collate(records: Sequence[Record]) -> Batch:

@@ -22,7 +22,7 @@ from medcam.models.predictor import Classifier
 from medcam.scoring.dataset import Batch, Record, ScoringDataset, make_loader
 from medcam.scoring.discover import count_items, iter_items
 from medcam.scoring.options import ScoreOptions, ScoreSummary, progress_bar
-from medcam.scoring.outputs import Written, prepare_outputs, write_outputs
+from medcam.scoring.outputs import Written, prepare_outputs, write_outputs, write_refusal
 from medcam.scoring.results import (
     ModelInfo,
     ResultsFile,
@@ -32,6 +32,7 @@ from medcam.scoring.results import (
     results_columns,
     write_studies,
 )
+from medcam.scoring.verdict import Verdict, image_gate
 
 __all__ = ["score"]
 
@@ -61,7 +62,8 @@ def score(inputs: Iterable[str | Path], classifier: Classifier, options: ScoreOp
         items = iter_items(inputs, skip=results.done, outputs=options.outputs)
         dataset = ScoringDataset(classifier.checkpoint.preprocess, voi=options.voi,
                                  keep_image=options.needs_maps and options.decode_full,
-                                 reduce=not options.decode_full)
+                                 reduce=not options.decode_full, use=classifier.intended_use,
+                                 enforce=not options.ignore_intended_use)
         loader = make_loader(items, dataset, batch_size=options.batch_size, workers=options.workers,
                              prefetch=options.prefetch, pin_memory=classifier.device.type == "cuda",
                              niceness=19 if classifier.device.type == "cpu" else 0)
@@ -109,30 +111,45 @@ def _stop_on_interrupt() -> Iterator[threading.Event]:
 
 def _score_batch(batch: Batch, classifier: Classifier, info: ModelInfo, options: ScoreOptions,
                  cam_class: str) -> list[list[str]]:
-    """The rows of one batch: one forward pass for its readable images, then their files."""
+    """The rows of one batch: one forward pass for its readable images, the image gate on the
+    same pass's features, then the files of the images that get them."""
     ok = [r for r in batch.records if r.ok]
     probabilities: list[list[float]] = []
+    verdicts: list[Verdict] = []
     written: list[Written] = [Written() for _ in ok]
     if ok:
         output = classifier.explain(batch.inputs, options.method)
         probabilities = classifier.probabilities(output.logits).float().cpu().tolist()
+        verdicts = image_gate(classifier, output, batch.inputs, enforce=not options.ignore_intended_use)
         if options.needs_maps:
             written = [_write(classifier, output, i, record, info, options, cam_class, probabilities[i])
-                       for i, record in enumerate(ok)]
-    results = iter(zip(probabilities, written, strict=True))
+                       if not verdicts[i].refusal else Written() for i, record in enumerate(ok)]
+    results = iter(zip(probabilities, verdicts, written, strict=True))
     rows = []
     for record in batch.records:
         if record.skipped:
             continue
-        if record.ok:
-            probs, files = next(results)
-            status = "error" if files.error else "ok"
-            rows.append(make_row(info, record.path, status, files.error, record.uids,
-                                 None if files.error else probs, files.columns, options.output_columns))
-        else:
-            rows.append(make_row(info, record.path, record.status, record.reason, record.uids, None,
-                                 columns=options.output_columns))
+        if not record.ok:
+            rows.append(_refusal_row(record, record.status, record.reason, None, info, options))
+            continue
+        probs, verdict, files = next(results)
+        if verdict.refusal:
+            rows.append(_refusal_row(record, "not_analysed", verdict.refusal, verdict.score, info, options))
+            continue
+        note = "; ".join(filter(None, [record.reason, verdict.note]))
+        status = "error" if files.error else "ok"
+        rows.append(make_row(info, record.path, status, files.error or note, record.uids,
+                             None if files.error else probs, files.columns, options.output_columns, verdict.score))
     return rows
+
+
+def _refusal_row(record: Record, status: str, reason: str, score: float | None, info: ModelInfo,
+                 options: ScoreOptions) -> list[str]:
+    """The row of an image that was not analysed or failed; a refused one gets its report."""
+    report = write_refusal(record.path, reason, options, info) if status == "not_analysed" else Written()
+    reason = "; ".join(filter(None, [reason, report.error]))
+    return make_row(info, record.path, status, reason, record.uids, None, report.columns, options.output_columns,
+                    score)
 
 
 def _write(classifier: Classifier, output: CAMOutput, index: int, record: Record, info: ModelInfo,

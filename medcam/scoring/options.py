@@ -52,6 +52,8 @@ class ScoreOptions:
             model's positive class).
         reduce: decode large DICOMs at the resolution the model needs for scoring; the
             images that get files are decoded again in full (see :attr:`decode_full`).
+        ignore_intended_use: analyse images outside the model's intended use too (research
+            only); their rows keep the reason as a note.
         method: how the maps are made: ``cam`` (single pass, the default) or, for
             comparison, ``gradcam``, ``gradcam++`` or ``occlusion`` (several passes each).
         regions: folder for the region exports (:func:`medcam.export.export_regions`) of the
@@ -79,6 +81,7 @@ class ScoreOptions:
     opacity: float = 0.5
     method: str = "cam"
     reduce: bool = True
+    ignore_intended_use: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:

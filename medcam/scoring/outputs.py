@@ -14,14 +14,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pydicom
+
 from medcam.errors import MedcamError
 from medcam.export import export_regions, write_cams
+from medcam.export.equipment import ModelInfo as SRModelInfo
+from medcam.export.sr import write_not_analysed_sr
+from medcam.io import detect_format
 from medcam.models.predictor import Prediction
 from medcam.regions import find_regions, resolve_class
 from medcam.scoring.options import ScoreOptions, output_name
 from medcam.scoring.results import ModelInfo
 
-__all__ = ["Written", "prepare_outputs", "write_outputs"]
+__all__ = ["Written", "prepare_outputs", "write_outputs", "write_refusal"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +87,18 @@ def _describe(err: Exception) -> str:
         where = f" ({err.filename})" if err.filename else ""
         return f"{err.strerror}{where}"
     return f"{type(err).__name__}: {err}"
+
+
+def write_refusal(path: str, reason: str, options: ScoreOptions, info: ModelInfo) -> Written:
+    """For an image the intended-use gate refused: its "not analysed" structured report, when the
+    run exports regions as ``sr`` and the image is DICOM, so that the PACS shows the AI looked
+    and declined. Nothing else is written for it."""
+    if options.regions is None or "sr" not in options.region_formats or detect_format(path) != "dicom":
+        return Written()
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        model = SRModelInfo(info.model_id, info.threshold, info.temperature, info.positive_class)
+        report = write_not_analysed_sr(header, reason, model, options.regions, name=output_name(path))
+    except Exception as err:  # the refusal stands; the report's failure is added to the row's reason
+        return Written(error=f"its not-analysed report could not be written: {_describe(err)}")
+    return Written({"exports": str(report)})

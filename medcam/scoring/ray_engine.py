@@ -39,6 +39,7 @@ import torch
 
 from medcam.config import PreprocessConfig
 from medcam.errors import ConfigError, MedcamError, UnsupportedInputError
+from medcam.gate import IntendedUse, read_intended_use
 from medcam.io import VOI, load_image
 from medcam.models.checkpoint import Checkpoint, load_checkpoint
 from medcam.models.grid import maps_to_source
@@ -51,6 +52,7 @@ from medcam.scoring.options import ScoreOptions, ScoreSummary, progress_bar
 from medcam.scoring.outputs import prepare_outputs, write_outputs
 from medcam.scoring.ray_cluster import check_resources, requested_resources
 from medcam.scoring.results import ModelInfo, ResultsFile, SkippedFile, make_row, results_columns, write_studies
+from medcam.scoring.verdict import image_gate
 
 __all__ = ["INSTALL_HINT", "import_ray", "score_ray"]
 
@@ -137,7 +139,7 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
             with progress_bar(total, options.progress) as bar:
                 for chunk in _chunks(items, chunk_size):
                     for batch in _pipeline(ray, chunk, checkpoint.preprocess, options, blob, device, actors,
-                                           actor_cpus, info, cam_class):
+                                           actor_cpus, info, cam_class, read_intended_use(checkpoint).to_dict()):
                         rows = _rows(batch, info, options.output_columns)
                         results.append(rows)
                         skipped = [(str(p), str(why)) for p, why in zip(batch["path"], batch["skipped"], strict=True)
@@ -158,12 +160,15 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
 
 def _pipeline(ray: ModuleType, chunk: list[Item], preprocess: PreprocessConfig, options: ScoreOptions,
               blob: list[Any], device: str, actors: int, actor_cpus: float, info: ModelInfo,
-              cam_class: str) -> Iterator[dict[str, np.ndarray]]:
+              cam_class: str, use: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
     data = ray.data.from_items([dataclasses.asdict(item) for item in chunk])
-    data = data.map_batches(_decode, fn_kwargs={"preprocess": dataclasses.asdict(preprocess), "voi": options.voi},
+    data = data.map_batches(_decode, fn_kwargs={"preprocess": dataclasses.asdict(preprocess), "voi": options.voi,
+                                                "reduce": not options.decode_full, "use": use,
+                                                "enforce": not options.ignore_intended_use},
                             batch_size=options.batch_size, batch_format="numpy", num_cpus=_DECODE_CPUS)
     data = data.map_batches(_Scorer, fn_constructor_kwargs={"checkpoint": blob, "device": device,
-                                                            "maps": options.needs_maps},
+                                                            "maps": options.needs_maps,
+                                                            "enforce": not options.ignore_intended_use},
                             batch_size=options.batch_size, batch_format="numpy", concurrency=actors,
                             num_cpus=actor_cpus, num_gpus=1 if device == "cuda" else 0)
     if options.needs_maps:
@@ -174,11 +179,14 @@ def _pipeline(ray: ModuleType, chunk: list[Item], preprocess: PreprocessConfig, 
     return batches
 
 
-def _decode(batch: dict[str, np.ndarray], preprocess: dict[str, Any], voi: VOI) -> dict[str, np.ndarray]:
-    """Ray task: read and prepare a batch of inputs; files in folders that are not inputs keep
-    their reason in ``skipped`` (and get no row)."""
+def _decode(batch: dict[str, np.ndarray], preprocess: dict[str, Any], voi: VOI, reduce: bool = True,
+            use: dict[str, Any] | None = None, enforce: bool = True) -> dict[str, np.ndarray]:
+    """Ray task: read and prepare a batch of inputs (the tag gate first); files in folders that
+    are not inputs keep their reason in ``skipped`` (and get no row)."""
     config = PreprocessConfig(**preprocess)
-    records = [load_record(Item(str(path), bool(named), str(error)), config, voi=voi)
+    intended = IntendedUse.from_dict(use) if use is not None else None
+    records = [load_record(Item(str(path), bool(named), str(error)), config, voi=voi, reduce=reduce, use=intended,
+                           enforce=enforce)
                for path, named, error in zip(batch["path"], batch["named"], batch["error"], strict=True)]
     x = np.zeros((len(records), 1, config.size, config.size), dtype=np.float32)
     for i, record in enumerate(records):
@@ -195,7 +203,7 @@ class _Scorer:
     (a warm-up pass gives their shape).
     """
 
-    def __init__(self, checkpoint: list[Any], device: str, maps: bool = False) -> None:
+    def __init__(self, checkpoint: list[Any], device: str, maps: bool = False, enforce: bool = True) -> None:
         import ray
 
         retain_freed_memory()
@@ -203,6 +211,7 @@ class _Scorer:
             path = Path(folder) / "model.pt"
             path.write_bytes(ray.get(checkpoint[0]))
             self.classifier = Classifier(load_checkpoint(path), device=device)
+        self.enforce = enforce
         size = self.classifier.checkpoint.preprocess.size
         self.map_shape = tuple(self.classifier.forward(torch.zeros(1, 1, size, size)).maps.shape[1:]) if maps else ()
 
@@ -213,13 +222,25 @@ class _Scorer:
         probabilities = np.full((len(ok), len(self.classifier.classes)), np.nan, dtype=np.float64)
         logits = np.full(probabilities.shape, np.nan, dtype=np.float32)
         maps = np.full((len(ok), *self.map_shape), np.nan, dtype=np.float32)
+        scores = np.full(len(ok), np.nan, dtype=np.float64)
+        status, reason = batch["status"].copy(), batch["reason"].copy()
         if ok.any():
-            output = self.classifier.forward(torch.from_numpy(np.ascontiguousarray(batch["x"][ok])))
+            x = torch.from_numpy(np.ascontiguousarray(batch["x"][ok]))
+            output = self.classifier.forward(x)
             probabilities[ok] = self.classifier.probabilities(output.logits).float().cpu().numpy()
             if self.map_shape:
                 logits[ok] = output.logits.float().cpu().numpy()
                 maps[ok] = output.maps.float().cpu().numpy()
-        out = {name: batch[name] for name in (*_TEXT, "skipped")} | {"probabilities": probabilities}
+            for i, verdict in zip(np.flatnonzero(ok), image_gate(self.classifier, output, x, enforce=self.enforce),
+                                  strict=True):
+                scores[i] = np.nan if verdict.score is None else verdict.score
+                if verdict.refusal:
+                    status[i], reason[i] = "not_analysed", verdict.refusal
+                    probabilities[i] = np.nan
+                elif verdict.note:
+                    reason[i] = "; ".join(filter(None, [str(reason[i]), verdict.note]))
+        out = {name: batch[name] for name in (*_TEXT, "skipped")} | {"probabilities": probabilities, "ood": scores,
+                                                                      "status": status, "reason": reason}
         return out | ({"logits": logits, "maps": maps} if self.map_shape else {})
 
 
@@ -263,7 +284,7 @@ def _write(batch: dict[str, np.ndarray], preprocess: dict[str, Any], options: Sc
         if written.error:
             statuses[i], reasons[i] = "error", written.error
     columns = {kind: np.array([f.get(kind, "") for f in files], dtype=object) for kind in options.output_columns}
-    kept = {name: batch[name] for name in (*_TEXT, "skipped", "probabilities")}
+    kept = {name: batch[name] for name in (*_TEXT, "skipped", "probabilities", "ood")}
     return kept | {"status": np.array(statuses, dtype=object), "reason": np.array(reasons, dtype=object)} | columns
 
 
@@ -276,8 +297,9 @@ def _rows(batch: dict[str, np.ndarray], info: ModelInfo, output_columns: tuple[s
         uids = [str(batch[name][i]) for name in _TEXT[3:]]
         probabilities = batch["probabilities"][i].tolist() if status == "ok" else None
         outputs = {kind: str(batch[kind][i]) for kind in output_columns if kind in batch}
+        score = float(batch["ood"][i])
         rows.append(make_row(info, str(path), status, str(batch["reason"][i]), uids, probabilities, outputs,
-                             output_columns))
+                             output_columns, None if np.isnan(score) else score))
     return rows
 
 

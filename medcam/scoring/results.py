@@ -84,7 +84,7 @@ class ModelInfo:
 
 def results_columns(classes: Sequence[str], outputs: Sequence[str] = ()) -> list[str]:
     """The header of a results file for a model with ``classes`` and the output columns ``outputs``."""
-    return [*ID_COLUMNS, *(f"prob_{c}" for c in classes), "label", "flagged", "model", *outputs]
+    return [*ID_COLUMNS, *(f"prob_{c}" for c in classes), "label", "flagged", "ood_score", "model", *outputs]
 
 
 def label_of(model: ModelInfo, probabilities: Sequence[float]) -> tuple[str, bool]:
@@ -104,20 +104,25 @@ def label_of(model: ModelInfo, probabilities: Sequence[float]) -> tuple[str, boo
 
 def make_row(model: ModelInfo, path: str, status: str, reason: str, uids: Sequence[str],
              probabilities: Sequence[float] | None, outputs: Mapping[str, str] | None = None,
-             columns: Sequence[str] = ()) -> list[str]:
+             columns: Sequence[str] = (), ood_score: float | None = None) -> list[str]:
     """One row; ``probabilities`` (in class order) only for an ``ok`` row.
 
-    ``outputs`` fills the output ``columns`` (file paths, counts), empty where absent.
+    ``reason`` says why for the other statuses; on an ``ok`` row it is empty or a note (an
+    image analysed outside the intended use). ``ood_score`` is the out-of-distribution
+    score of the image when the model has the statistics. ``outputs`` fills the output
+    ``columns`` (file paths, counts), empty where absent.
     """
     if status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    reason = " ".join(reason.split())
     if status != "ok" or probabilities is None:
         status = "error" if status == "ok" else status
-        values = [status, " ".join(reason.split()) or "unknown error", *uids, *([""] * len(model.classes)), "", ""]
+        values = [status, reason or "unknown error", *uids, *([""] * len(model.classes)), "", ""]
     else:
         label, flagged = label_of(model, probabilities)
-        values = ["ok", "", *uids, *(f"{p:.6f}" for p in probabilities), label, "true" if flagged else "false"]
-    return [path, *values, model.model_id, *((outputs or {}).get(c, "") for c in columns)]
+        values = ["ok", reason, *uids, *(f"{p:.6f}" for p in probabilities), label, "true" if flagged else "false"]
+    score = "" if ood_score is None else f"{ood_score:.3f}"
+    return [path, *values, score, model.model_id, *((outputs or {}).get(c, "") for c in columns)]
 
 
 class ResultsFile:
