@@ -168,10 +168,14 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """A training run. ``intended_use`` (modalities, views, body parts, ages, minimum size; see
+    :class:`medcam.gate.IntendedUse`) is written into the checkpoint for the intended-use gate."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    intended_use: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,6 +192,12 @@ class Config:
         for name, section_cls in (("model", ModelConfig), ("preprocess", PreprocessConfig),
                                   ("data", DataConfig), ("train", TrainConfig)):
             built[name] = _build(section_cls, raw.get(name) or {}, f"{where}: {name}")
+        use = raw.get("intended_use") or {}
+        if not isinstance(use, dict):
+            raise ConfigError(f"{where}: intended_use must be a mapping, got {type(use).__name__}")
+        from medcam.gate.intended_use import IntendedUse
+
+        built["intended_use"] = IntendedUse.from_dict(use).to_dict()  # checked now, stored plain
         return cls(**built, path=path)
 
 

@@ -38,13 +38,16 @@ from tqdm import tqdm
 
 import medcam
 from medcam.calibration import expected_calibration_error, fit_temperature, screening_threshold
+from medcam.commands.gate import fit_ood_on
 from medcam.config import Config
 from medcam.data import Sample, data_hash, read_samples, split_by_patient, write_samples
 from medcam.errors import ConfigError
 from medcam.files import atomic_open
+from medcam.gate import IntendedUse, write_intended_use, write_ood
 from medcam.io import load_image
 from medcam.models.checkpoint import load_checkpoint, save_checkpoint
 from medcam.models.networks import build_network
+from medcam.models.predictor import Classifier
 from medcam.models.preprocess import resize, standardise
 
 __all__ = ["sampling_weights", "train"]
@@ -160,7 +163,9 @@ def _relative(path: str | None) -> str:
 
 
 def _without_epochs(config: dict[str, Any]) -> dict[str, Any]:
-    return {**config, "train": {k: v for k, v in config["train"].items() if k != "epochs"}}
+    """What must not change on resume: all but the epoch budget and the intended use (written at the end)."""
+    return {**{k: v for k, v in config.items() if k != "intended_use"},
+            "train": {k: v for k, v in config["train"].items() if k != "epochs"}}
 
 
 def _evaluate(model: nn.Module, loader: DataLoader, config: Config, *,
@@ -323,5 +328,8 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
     )
     log(f"best epoch {best_epoch + 1}: validation AUROC {best_auc:.4f}; temperature {temperature:.3f}, "
         f"threshold {threshold:.3f} (sensitivity >= {config.train.target_sensitivity}); {best} = {model_id}")
+    write_intended_use(best, IntendedUse.from_dict(config.intended_use))
+    stats = fit_ood_on(Classifier(str(best)), out / "train.csv", out / "val.csv", log=log)
+    log(f"{best} = {write_ood(best, stats)}, with its intended use and image-gate statistics")
     return best
 
