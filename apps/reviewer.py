@@ -27,6 +27,8 @@ from medcam.review.export import FORMATS, export_accepted, export_folder, zip_fi
 from medcam.review.worklist import Limits, load_prediction, save_upload, select
 from medcam.runtime import retain_freed_memory
 
+METHODS = {"CAM (single pass)": "cam", "Grad-CAM": "gradcam", "Grad-CAM++": "gradcam++", "Occlusion": "occlusion"}
+
 MAX_REGION_ROWS = 12
 RULES = {"fraction of the map's maximum": "fraction", "calibrated probability": "absolute"}
 
@@ -48,9 +50,10 @@ def get_workspace(db: str, folder: str | None, uploads: str, max_bytes: int, max
 
 
 @st.cache_resource(max_entries=6, show_spinner="Reading the image and computing its maps ...")
-def get_prediction(key: str, model_id: str, _path: str, _classifier: Classifier, _limits: Limits) -> Prediction:
-    """The prediction of one file, cached by its content hash and the model id."""
-    return load_prediction(_path, _classifier, _limits)
+def get_prediction(key: str, model_id: str, method: str, _path: str, _classifier: Classifier,
+                   _limits: Limits) -> Prediction:
+    """The prediction of one file, cached by its content hash, the model id and the map method."""
+    return load_prediction(_path, _classifier, _limits, method=method)
 
 
 @st.cache_resource(max_entries=12, show_spinner=False)
@@ -171,6 +174,9 @@ def view_controls(prediction: Prediction, key: str, review: Review | None) -> tu
     classes = list(prediction.classes)
     ss.setdefault("cam_class", prediction.positive_class)
     class_name = st.radio("Map of class", classes, key="cam_class")
+    st.selectbox("Map method", list(METHODS), key="method",
+                 help="CAM: the model's own single-pass map (what batch scoring uses). Grad-CAM, Grad-CAM++ "
+                      "and occlusion explain the same network another way, for comparison; they take longer.")
     st.selectbox("Window preset", list(PRESETS), key="preset", on_change=apply_preset,
                  help="On the display pixels (after the file's own VOI): default = as the file says; soft = "
                       "mid-greys (lung, soft tissue); bone = bright range; full range = image min to max.")
@@ -250,17 +256,19 @@ def review_form(store: ReviewStore, image: ImageRef, class_name: str, threshold:
 
 
 def export_panel(worklist: Worklist, exports: Path, prediction: Prediction, image: ImageRef, regions: RegionSet,
-                 threshold: str, accepted: list[int], reviewer: str) -> None:
+                 threshold: str, accepted: list[int], rejected: list[int], reviewer: str) -> None:
     ss = st.session_state
     st.markdown("**Export accepted regions**")
     formats = st.multiselect("Formats", FORMATS, default=["seg", "png", "json"], key="formats",
-                             help="seg: DICOM SEG; sc: DICOM Secondary Capture; nifti: label image; png: mask "
-                                  "and outlines; json: COCO-style; csv: measurements.")
+                             help="seg: DICOM SEG; sc: DICOM Secondary Capture; sr: DICOM structured report with "
+                                  "your accept/reject of each region; gsps: presentation state with the outlines; "
+                                  "nifti: label image; png: mask and outlines; json: COCO-style; csv: measurements.")
 
     def run_export() -> None:
         try:
             folder = export_folder(exports, image.name, image.key)
-            result = export_accepted(prediction, regions, accepted, folder, ss["formats"])
+            result = export_accepted(prediction, regions, accepted, folder, ss["formats"], reviewer=reviewer,
+                                     rejected=rejected)
             if result.files:
                 worklist.store.mark_exported(image, reviewer, class_name=regions.class_name, threshold=threshold,
                                              region_ids=accepted, files={k: str(v) for k, v in result.files.items()})
@@ -292,8 +300,9 @@ def viewer(worklist: Worklist, exports: Path, classifier: Classifier, item: Work
     if item.error:
         st.error(f"{item.name} cannot be shown: {item.error}")
         return
+    method = METHODS[st.session_state.get("method", next(iter(METHODS)))]
     try:
-        prediction = get_prediction(item.key, model_id, item.path, classifier, worklist.limits)
+        prediction = get_prediction(item.key, model_id, method, item.path, classifier, worklist.limits)
     except MedcamError as err:
         st.error(f"{item.name} cannot be shown: {err}")
         return
@@ -314,7 +323,7 @@ def viewer(worklist: Worklist, exports: Path, classifier: Classifier, item: Work
         p = prediction.probability(prediction.positive_class)
         flagged = "FLAGGED" if prediction.flagged else "not flagged"
         st.markdown(f"**{item.name}** · AI: P({prediction.positive_class}) = {p:.3f} ({flagged}) · "
-                    f"status **{store.status(item.key)}**")
+                    f"status **{store.status(item.key)}** · map: {method}")
         picture = render(prediction.image.pixels, heat, regions.regions, view, decisions)
         spacing = prediction.image.spacing
         size = f"{spacing[0]:.3f} x {spacing[1]:.3f} mm pixels" if spacing else "pixel spacing unknown"
@@ -324,7 +333,8 @@ def viewer(worklist: Worklist, exports: Path, classifier: Classifier, item: Work
         region_panel(store, image, regions, threshold, decisions, reviewer)
     review_form(store, image, class_name, threshold, reviewer)
     export_panel(worklist, exports, prediction, image, regions, threshold,
-                 [i for i, d in decisions.items() if d == "accept"], reviewer)
+                 [i for i, d in decisions.items() if d == "accept"],
+                 [i for i, d in decisions.items() if d == "reject"], reviewer)
     with st.expander("Audit trail of this image"):
         st.dataframe([{"when (UTC)": e.at, "who": e.reviewer, "what": e.action, "detail": e.detail}
                       for e in store.audit(item.key)], hide_index=True)

@@ -125,14 +125,15 @@ class Classifier:
         """Calibrated probabilities: softmax of the logits over the temperature."""
         return torch.softmax(logits / self.checkpoint.temperature, dim=-1)
 
-    def classify(self, images: Sequence[Image], *, batch_size: int = 8) -> list[Prediction]:
-        """Predictions for ``images``, in order, ``batch_size`` at a time."""
+    def classify(self, images: Sequence[Image], *, batch_size: int = 8, method: str = "cam") -> list[Prediction]:
+        """Predictions for ``images``, in order, ``batch_size`` at a time, maps made by ``method``
+        (see :meth:`explain`)."""
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             prepared = [prepare(image, self.checkpoint.preprocess) for image in chunk]
             batch = torch.stack([x for x, _ in prepared])
-            result = self.forward(batch)
+            result = self.explain(batch, method)
             out += self.predictions(chunk, [t for _, t in prepared], result)
         return out
 

@@ -2,8 +2,9 @@
 
 Every image is identified by the SHA-256 of its bytes (:func:`file_key`): its score is cached
 in the review database under that key and the model id, and its review follows the content,
-not the path (the same file under two names is one item). Scoring uses
-:class:`~medcam.models.predictor.Classifier` one image at a time.
+not the path (the same file under two names is one item). Scoring runs the batch pipeline
+(:func:`medcam.scoring.score`), so the worklist refuses what ``medcam score`` refuses, with
+the same reasons; the viewer classifies the chosen image again for its maps.
 
 **Limits** (:class:`Limits`), checked before an image is decoded, from its header alone:
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,14 +136,14 @@ def check_pixels(path: str | Path, limits: Limits) -> None:
                                     f"{limits.max_pixels:,}; reduce it or score it with `medcam score`")
 
 
-def load_prediction(path: str | Path, classifier: Classifier, limits: Limits) -> Prediction:
-    """Check the limits, load the image and classify it.
+def load_prediction(path: str | Path, classifier: Classifier, limits: Limits, *, method: str = "cam") -> Prediction:
+    """Check the limits, load the image and classify it, its maps made by ``method``.
 
     Raises:
         UnsupportedInputError: too large, or refused by its reader (with the reason).
     """
     check_pixels(path, limits)
-    return classifier.classify([load_image(path)])[0]
+    return classifier.classify([load_image(path)], method=method)[0]
 
 
 def save_upload(name: str, data: bytes, folder: str | Path, limits: Limits) -> Path:
@@ -269,20 +271,42 @@ class Worklist:
         return out
 
     def score(self, classifier: Classifier, pending: Sequence[tuple[Path, str]],
-              progress: Callable[[int, int, str], None] | None = None) -> None:
-        """Score ``pending`` files and cache each result (or the reason it failed)."""
+              progress: Callable[[int, int, str], None] | None = None, *, chunk: int = 8) -> None:
+        """Score ``pending`` files with the batch pipeline (:func:`medcam.scoring.score`: the same
+        decoding, intended-use gate and rows as ``medcam score``) and cache each result, or the
+        reason there is none: an image outside the model's intended use is cached as
+        "not analysed: <reason>", with no probability."""
+        from medcam.scoring import ScoreOptions, read_results, score
+
         model_id = classifier.checkpoint.model_id
-        for done, (path, key) in enumerate(pending):
-            if progress is not None:
-                progress(done, len(pending), path.name)
+        allowed: list[tuple[Path, str]] = []
+        for path, key in pending:
             try:
-                prediction = load_prediction(path, classifier, self.limits)
+                check_pixels(path, self.limits)
             except MedcamError as err:
-                reason = err.reason if isinstance(err, UnsupportedInputError) else str(err)
-                self.store.save_score(key, model_id, error=reason)
+                self.store.save_score(key, model_id, error=err.reason if isinstance(err, UnsupportedInputError)
+                                      else str(err))
                 continue
-            self.store.save_score(key, model_id, probabilities={
-                c: prediction.probability(c) for c in prediction.classes})
+            allowed.append((path, key))
+        with tempfile.TemporaryDirectory(prefix="medcam-review-") as folder:
+            out = Path(folder) / "scores.csv"
+            for start in range(0, len(allowed), chunk):
+                part = allowed[start:start + chunk]
+                if progress is not None:
+                    progress(start, len(allowed), part[0][0].name)
+                score([path for path, _ in part], classifier,
+                      ScoreOptions(out=out, resume=False, workers=0, batch_size=chunk, progress=False))
+                rows = {row["path"]: row for row in read_results(out)}
+                for path, key in part:
+                    row = rows.get(os.path.abspath(path))
+                    if row is None:
+                        self.store.save_score(key, model_id, error="not scored (no result row)")
+                    elif row["status"] == "ok":
+                        self.store.save_score(key, model_id, probabilities={
+                            c: float(row[f"prob_{c}"]) for c in classifier.classes})
+                    else:
+                        prefix = "not analysed: " if row["status"] == "not_analysed" else ""
+                        self.store.save_score(key, model_id, error=prefix + row["reason"])
 
     def items(self, classifier: Classifier, files: Sequence[tuple[Path, Source]] | None = None) -> list[WorkItem]:
         """One :class:`WorkItem` per distinct file content, with cached scores and statuses."""

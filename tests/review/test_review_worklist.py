@@ -124,7 +124,7 @@ def test_worklist_scores_once_and_caches(tmp_path: Path, review_folder: Path, cl
     pending = worklist.unscored(classifier.checkpoint.model_id, files)
     assert len(pending) == 3  # the copy has the same key
     progress: list[tuple[int, int, str]] = []
-    worklist.score(classifier, pending, lambda *a: progress.append(a))
+    worklist.score(classifier, pending, lambda *a: progress.append(a), chunk=1)
     assert [p[:2] for p in progress] == [(0, 3), (1, 3), (2, 3)]
     assert worklist.unscored(classifier.checkpoint.model_id, files) == []
     items = {i.name: i for i in worklist.items(classifier, files)}
