@@ -6,7 +6,9 @@ finds the regions of the positive class, and they are exported (PNG overlay) wit
 :func:`medcam.export.export_regions`. Against ``DATA/boxes.csv`` (boxes in the images'
 1024-pixel coordinates: ``x, y, width, height``), for the images that have boxes:
 
-- **pointing game**: a hit when the raw map's maximum lies inside a ground-truth box;
+- **pointing game**: a hit when the raw map's maximum lies inside a ground-truth box, with
+  5% of the image side as tolerance (:func:`medcam.localisation.pointing_hit`, as
+  ``medcam evaluate --boxes``);
 - **box IoU**: the best intersection-over-union between a region's bounding box and a
   ground-truth box (pixel edges, ends exclusive).
 
@@ -20,10 +22,8 @@ With ``--out`` the exported overlay of the first image with boxes is redrawn wit
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 
 import cv2
@@ -33,43 +33,12 @@ from PIL import Image as PILImage
 from medcam.errors import CheckpointError
 from medcam.export import export_regions
 from medcam.io import load_image
+from medcam.localisation import Box, best_iou, boxes_for, pointing_hit, read_boxes
 from medcam.models.checkpoint import BUNDLED_MODEL, bundled_checkpoint_path
 from medcam.models.predictor import Classifier
 from medcam.regions import RegionOptions, RegionSet, find_regions, parse_threshold
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr" / "rsna"
-Box = tuple[float, float, float, float]  # row0, col0, row1, col1 (ends exclusive)
-
-
-def read_boxes(path: Path, sizes: dict[str, tuple[int, int]]) -> dict[str, list[Box]]:
-    """Ground-truth boxes per patient id, as ``(row0, col0, row1, col1)`` in each image's pixels.
-
-    ``sizes`` maps a patient id to the image's ``(rows, cols)``; boxes.csv is in 1024-pixel
-    coordinates and is rescaled when an image has another size.
-    """
-    boxes: dict[str, list[Box]] = defaultdict(list)
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            pid = row["patient_id"]
-            rows, cols = sizes.get(pid, (1024, 1024))
-            sy, sx = rows / 1024, cols / 1024
-            x, y, w, h = (float(row[k]) for k in ("x", "y", "width", "height"))
-            boxes[pid].append((y * sy, x * sx, (y + h) * sy, (x + w) * sx))
-    return boxes
-
-
-def box_iou(a: Box, b: Box) -> float:
-    rows = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    cols = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = rows * cols
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def inside(point: tuple[int, int], box: Box) -> bool:
-    """Is the pixel ``(row, col)`` (its centre at ``+0.5``) inside ``box``?"""
-    row, col = point[0] + 0.5, point[1] + 0.5
-    return box[0] <= row < box[2] and box[1] <= col < box[3]
 
 
 def draw_picture(overlay_png: Path, boxes: list[Box], regions: RegionSet, out: Path) -> None:
@@ -115,7 +84,7 @@ def main() -> int:
     rule, value = parse_threshold(args.threshold)
     options = RegionOptions(rule=rule, value=value, smoothing=args.smooth, min_area=args.min_area)
     images = [load_image(f) for f in files]
-    boxes = read_boxes(args.data / "boxes.csv", {Path(i.path).stem: i.shape for i in images})
+    boxes = read_boxes(args.data / "boxes.csv")  # RSNA's boxes are in the images' own 1024-pixel grid
     ckpt = classifier.checkpoint
     positive = ckpt.model.positive_class
     print(f"SMOKE FIGURE on {len(images)} RSNA images (not an evaluation): model {ckpt.model_id}"
@@ -127,11 +96,11 @@ def main() -> int:
         for image, prediction in zip(images, classifier.classify(images), strict=True):
             pid = Path(image.path).stem
             regions = find_regions(prediction, positive, options)
-            gt = boxes.get(pid, [])
+            gt = boxes_for(image.path, boxes)
             hit = iou = "-"
             if gt:
-                is_hit = any(inside(regions.peak_position, b) for b in gt)
-                best = max((box_iou(r.bbox, b) for r in regions for b in gt), default=0.0)
+                is_hit = pointing_hit(prediction.maps[prediction.classes.index(positive)], gt)
+                best = best_iou([r.bbox for r in regions], gt)
                 hits.append(is_hit)
                 ious.append(best)
                 hit, iou = ("yes" if is_hit else "no"), f"{best:.3f}"

@@ -90,12 +90,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medcam.models.predictor import Classifier
 
     result = evaluate(Classifier(args.model, device=args.device), args.data, args.out,
-                      batch_size=args.batch_size, command=shlex.join(["medcam", *sys.argv[1:]]))
+                      batch_size=args.batch_size, command=shlex.join(["medcam", *sys.argv[1:]]), boxes=args.boxes,
+                      regions=_region_options(args))
     m = result.metrics
     low, high = m["auroc_ci95"]
     print(f"n={m['n']} ({m['n_positive']} positive)  AUROC {m['auroc']:.4f} (95% CI {low:.4f}-{high:.4f})  "
           f"threshold {m['threshold']:.3f}: sensitivity {m['sensitivity']:.3f}, "
           f"specificity {m['specificity']:.3f}  ECE {m['ece']:.3f}")
+    for name, group in m["groups"].items():
+        if group.get("auroc") is not None:
+            print(f"  {name}: n={group['n']}  AUROC {group['auroc']:.4f} (95% CI {group['auroc_ci95'][0]:.4f}-"
+                  f"{group['auroc_ci95'][1]:.4f})  sensitivity {group['sensitivity']:.3f}, specificity "
+                  f"{group['specificity']:.3f}  ECE {group['ece']:.3f}")
+    if "localisation" in m:
+        loc = m["localisation"]
+        print(f"localisation on {loc['n_with_boxes']} image(s) with boxes: pointing game {loc['pointing_game']}, "
+              f"mean best region IoU {loc['mean_best_iou']}")
     print(f"wrote metrics.json, roc.png, reliability.png, confusion.png to {args.out}")
     return 0
 
@@ -268,8 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="AUROC with CI, calibration and operating point on labelled data")
     _add_model(p)
-    p.add_argument("--data", required=True, help="CSV (file,label[,patient_id]) or a folder per class")
+    p.add_argument("--data", required=True,
+                   help="CSV (file,label[,patient_id][,population][,view]) or a folder per class")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--boxes", metavar="BOXES.csv",
+                   help="reference boxes (file,x,y,width,height in source pixels): pointing game and region IoU")
+    _add_regions(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_evaluate)

@@ -8,6 +8,15 @@ Writes to the output folder:
   (with Wilson 95% CIs), ``ece`` (10 bins), the confusion matrix and the model id;
 - ``roc.png``, ``reliability.png`` and ``confusion.png``;
 - ``predictions.csv``: every image's calibrated probability and label.
+
+When the data names populations (``population`` column, as ``medcam train`` writes its
+splits) the same metrics are reported per population in ``groups``, and per view within a
+population that has views (``adult/PA``, ``adult/AP``), so that a confounder such as view
+cannot carry the overall figure unseen. With ``boxes`` (see :mod:`medcam.localisation`),
+``localisation`` has the pointing game (the positive class map's maximum inside a box, 5% of
+the image side as tolerance) and the best region's IoU with the boxes, over the images that
+have boxes. When the model has image-gate statistics, ``ood_refused`` is the share of
+images the gate would refuse.
 """
 
 from __future__ import annotations
@@ -30,7 +39,9 @@ from tqdm import tqdm
 from medcam.calibration import expected_calibration_error
 from medcam.data import Sample, read_samples
 from medcam.io import load_image
+from medcam.localisation import best_iou, boxes_for, pointing_hit, read_boxes
 from medcam.models.predictor import Classifier
+from medcam.regions import RegionOptions, find_regions
 
 __all__ = ["Evaluation", "evaluate", "evaluate_scores"]
 
@@ -97,24 +108,46 @@ def evaluate_scores(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, t
 
 
 def evaluate(classifier: Classifier, data: str | Path, out: str | Path, *, batch_size: int = 16,
-             command: str = "") -> Evaluation:
+             command: str = "", boxes: str | Path | None = None,
+             regions: RegionOptions | None = None) -> Evaluation:
     """Score every labelled image of ``data`` (CSV or class folders) and write the report.
 
     ``command``, when given, is recorded in ``metrics.json`` (the command line that made it).
+    ``boxes``: a CSV of reference boxes for the localisation metrics; ``regions``: how the
+    regions whose IoU is measured are cut (default: half the map's maximum).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = classifier.checkpoint
     samples = read_samples(data, ckpt.model.classes)
     positive = ckpt.model.classes.index(ckpt.model.positive_class)
+    reference = read_boxes(boxes) if boxes is not None else {}
     probs = np.empty(len(samples))
+    ood: list[float] = []
+    hits: list[bool] = []
+    ious: list[float] = []
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluate", unit="batch"):
         chunk = samples[start:start + batch_size]
         predictions = classifier.classify([load_image(s.path) for s in chunk], batch_size=batch_size)
         probs[start:start + len(chunk)] = [float(p.probabilities[positive]) for p in predictions]
+        ood += [p.ood_score for p in predictions if p.ood_score is not None]
+        for sample, prediction in zip(chunk, predictions, strict=True):
+            gt = boxes_for(sample.path, reference)
+            if gt:
+                hits.append(pointing_hit(prediction.maps[positive], gt))
+                found = find_regions(prediction, prediction.positive_class, regions or RegionOptions())
+                ious.append(best_iou([r.bbox for r in found], gt))
     labels = np.array([int(s.label == positive) for s in samples])
     groups = np.array([s.patient_id for s in samples])
     metrics = evaluate_scores(probs, labels, groups, ckpt.threshold)
+    metrics["groups"] = _group_metrics(samples, probs, labels, groups, ckpt.threshold)
+    if reference:
+        metrics["localisation"] = {"n_with_boxes": len(hits), "pointing_game": float(np.mean(hits)) if hits else None,
+                                   "pointing_tolerance": 0.05,
+                                   "mean_best_iou": float(np.mean(ious)) if ious else None,
+                                   "regions": (regions or RegionOptions()).describe(), "boxes": str(boxes)}
+    if ood and classifier.ood is not None:
+        metrics["ood_refused"] = float(np.mean(np.array(ood) > classifier.ood.threshold))
     metrics.update({"model": ckpt.model_id, "data": str(data), "positive_class": ckpt.model.positive_class,
                     "temperature": ckpt.temperature, "command": command})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -123,6 +156,25 @@ def evaluate(classifier: Classifier, data: str | Path, out: str | Path, *, batch
     _plot_reliability(out / "reliability.png", probs, labels, metrics)
     _plot_confusion(out / "confusion.png", metrics, ckpt.model.positive_class)
     return Evaluation(metrics, probs, labels)
+
+
+def _group_metrics(samples: Sequence[Sample], probs: np.ndarray, labels: np.ndarray, patients: np.ndarray,
+                   threshold: float) -> dict[str, dict[str, Any]]:
+    """The metrics of each population, and of each view within a population that has views."""
+    keys: dict[str, np.ndarray] = {}
+    populations = np.array([s.population for s in samples])
+    views = np.array([s.view for s in samples])
+    for population in sorted(set(populations) - {""}):
+        keys[population] = populations == population
+        for view in sorted(set(views[populations == population]) - {""}):
+            keys[f"{population}/{view}"] = (populations == population) & (views == view)
+    out: dict[str, dict[str, Any]] = {}
+    for name, mask in keys.items():
+        if labels[mask].min() == labels[mask].max():  # one class only: no AUROC
+            out[name] = {"n": int(mask.sum()), "n_positive": int(labels[mask].sum()), "auroc": None}
+            continue
+        out[name] = evaluate_scores(probs[mask], labels[mask], patients[mask], threshold)
+    return out
 
 
 def _write_predictions(path: Path, samples: Sequence[Sample], probs: np.ndarray, labels: np.ndarray) -> None:

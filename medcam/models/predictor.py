@@ -44,6 +44,9 @@ class Prediction:
         flagged: the positive class's probability is at or above the operating threshold.
         model_id: the checkpoint's id.
         temperature: the calibration temperature ``T`` of :attr:`probabilities`.
+        ood_score: the image gate's out-of-distribution score of the same forward pass (see
+            :mod:`medcam.gate`); None when the model has no statistics or the method gives no
+            pooled features.
     """
 
     image: Image
@@ -55,6 +58,7 @@ class Prediction:
     threshold: float
     model_id: str
     temperature: float = 1.0
+    ood_score: float | None = None
 
     @property
     def positive_probability(self) -> float:
@@ -143,6 +147,9 @@ class Classifier:
         probs = self.probabilities(result.logits).cpu()
         logits = result.logits.cpu()
         ckpt = self.checkpoint
+        scores: list[float | None] = [None] * len(images)
+        if self.ood is not None and result.features is not None:
+            scores = self.ood.score(result.features).cpu().tolist()
         return [
             Prediction(
                 image=image,
@@ -154,6 +161,7 @@ class Classifier:
                 threshold=ckpt.threshold,
                 model_id=ckpt.model_id,
                 temperature=ckpt.temperature,
+                ood_score=scores[i],
             )
             for i, (image, transform) in enumerate(zip(images, transforms, strict=True))
         ]
