@@ -1,8 +1,10 @@
 """Model cards: markdown generated from a checkpoint's metadata and its evaluations.
 
 Nothing in the card is typed by hand except the free-text observations passed as ``notes``
-(what a person saw when reviewing CAMs); every figure comes from the checkpoint or from a
-``metrics.json`` written by ``medcam evaluate``.
+(what a person saw when reviewing CAMs, how the run went, the image gate's measured
+figures); every other figure comes from the checkpoint or from a ``metrics.json`` written by
+``medcam evaluate``. Metrics are reported per population and per view within a population
+(one table each), since the overall figure of a mixed test set says little about either.
 """
 
 from __future__ import annotations
@@ -16,17 +18,51 @@ from medcam.models.checkpoint import Checkpoint
 
 __all__ = ["render_model_card"]
 
+SOURCES = {
+    "pediatric": "Kermany D, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "
+                 "Images for Classification. Mendeley Data v2, 2018 (CC BY 4.0); Kermany et al., Cell 2018. Children "
+                 "aged 1-5 years from one centre (Guangzhou Women and Children's Medical Center); frontal (AP) "
+                 "chest radiographs; pneumonia bacterial or viral. The copy used had been resized to 224x224 8-bit "
+                 "(aspect ratio not kept).",
+    "adult": "NIH Clinical Center ChestX-ray14 (Wang et al., CVPR 2017), a subset of 448 frontal films of 299 "
+             "adults aged 18-90, pneumonia against no finding, downsized to 512x512 8-bit. Labels were mined from "
+             "reports by NLP and are noisy; view and label are confounded (normals mostly AP, pneumonia mostly "
+             "PA), so results are reported within each view too.",
+}
+
 
 def _ci(m: Mapping[str, Any], key: str) -> str:
     low, high = m[f"{key}_ci95"]
-    return f"{m[key]:.3f} (95% CI {low:.3f}-{high:.3f})"
+    return f"{m[key]:.3f} ({low:.3f}-{high:.3f})"
 
 
-def _metrics_rows(name: str, m: Mapping[str, Any]) -> str:
+def _row(split: str, m: Mapping[str, Any], pointing: str) -> str:
+    if m.get("auroc") is None:
+        return f"| {split} | {m['n']} ({m['n_positive']} pneumonia) | one class only | | | | {pointing} |"
     c = m["confusion"]
-    return (f"| {name} | {m['n']} ({m['n_positive']} pneumonia, {m['n_groups']} patients) | {_ci(m, 'auroc')} | "
-            f"{_ci(m, 'sensitivity')} | {_ci(m, 'specificity')} | {m['ece']:.3f} | "
-            f"TP {c['tp']}, FN {c['fn']}, TN {c['tn']}, FP {c['fp']} |")
+    return (f"| {split} | {m['n']} ({m['n_positive']} pneumonia, {m['n_groups']} patients) | {_ci(m, 'auroc')} | "
+            f"{_ci(m, 'sensitivity')} | {_ci(m, 'specificity')} | {m['ece']:.3f} | {pointing} |"
+            f" TP {c['tp']}, FN {c['fn']}, TN {c['tn']}, FP {c['fp']} |")
+
+
+def _tables(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One table per population (and view within it), a row per evaluated split."""
+    names = list(dict.fromkeys(g for m in metrics.values() for g in m.get("groups", {}))) or ["all"]
+    lines: list[str] = []
+    for group in names:
+        lines += [f"**{group}**", "",
+                  "| split | n | AUROC (95% CI) | sensitivity (95% CI) | specificity (95% CI) | ECE | pointing game "
+                  "| confusion at the operating point |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for split, m in metrics.items():
+            found = m if group == "all" else m.get("groups", {}).get(group)
+            if found is None:
+                continue
+            loc = m.get("localisation") if group == "all" else None
+            pointing = f"{loc['pointing_game']:.2f} (n={loc['n_with_boxes']})" if loc and loc["n_with_boxes"] else "-"
+            lines.append(_row(split, found, pointing))
+        lines.append("")
+    return lines
 
 
 def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *, notes: str = "") -> str:
@@ -42,64 +78,83 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
     config = meta.get("config", {})
     train_cfg = config.get("train", {})
     versions = meta.get("versions", {})
+    use = meta.get("intended_use") or {}
+    ood = meta.get("ood") or {}
     config_path = meta.get("config_path") or "<config.yaml>"
+    populations = data.get("populations") or ["pediatric"]
     metrics = {name: json.loads((Path(folder) / "metrics.json").read_text()) for name, folder in evaluations.items()}
     lines = [
         f"# Model card: {ckpt.model_id}",
         "",
-        "> **Not for clinical use.** A research model trained on one public pediatric data set. It has not",
-        "> been validated on adults, on other hospitals' images or prospectively, and it is not a medical device.",
+        f"> **Not for clinical use.** A research model trained on public data ({', '.join(populations)}). It has "
+        "not been validated on other hospitals' images or prospectively, and it is not a medical device.",
         "",
         "## Model",
         "",
         f"- Architecture: MONAI `{ckpt.model.architecture}`, {ckpt.model.spatial_dims}D, "
-        f"{ckpt.model.in_channels} input channel, trained from scratch (no pretrained weights).",
+        f"{ckpt.model.in_channels} input channel, no ImageNet weights"
+        + (f"; started from the project's own model {train_cfg['init_model_id']}" if train_cfg.get("init_model_id")
+           else ", trained from scratch") + ".",
         f"- Classes: {', '.join(ckpt.model.classes)}; positive class {ckpt.model.positive_class}.",
         f"- Input: {ckpt.preprocess.size}x{ckpt.preprocess.size}, resize `{ckpt.preprocess.resize}`, "
-        f"intensity `{ckpt.preprocess.intensity}` after the medcam display pipeline.",
-        "- Class activation maps from the same forward pass (global-average-pooling head replaced by a reshape).",
-        f"- Calibration: temperature scaling on the validation split, T = {ckpt.temperature:.3f}.",
+        f"intensity `{ckpt.preprocess.intensity}` after the medcam display pipeline; class activation maps on a "
+        f"{ckpt.preprocess.size // 32}x{ckpt.preprocess.size // 32} grid from the same forward pass.",
+        f"- Calibration: one temperature for all populations, fitted on the validation split, "
+        f"T = {ckpt.temperature:.3f}.",
         f"- Operating point: PNEUMONIA flagged at calibrated p >= {ckpt.threshold:.3f}, the highest threshold with "
-        f"sensitivity >= {train_cfg.get('target_sensitivity', 'n/a')} on the validation split (a screening point).",
+        f"sensitivity >= {train_cfg.get('target_sensitivity', 'n/a')} in every population's validation split.",
         f"- Weights stored as float16; medcam {versions.get('medcam', '?')}, torch {versions.get('torch', '?')}, "
         f"MONAI {versions.get('monai', '?')}.",
         "",
-        "## Training data",
+        "## Intended use",
         "",
-        "- Kermany D, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for "
-        "Classification. Mendeley Data v2, 2018 (CC BY 4.0); Kermany et al., Cell 2018. Pediatric patients aged "
-        "1-5 years from one centre (Guangzhou Women and Children's Medical Center); anterior-posterior chest "
-        "radiographs; pneumonia bacterial or viral. The copy used had been resized to 224x224 8-bit (aspect "
-        "ratio not kept).",
-        f"- {data.get('n_train', '?') + data.get('n_val', 0) + data.get('n_test', 0) if data else '?'} images of "
-        f"{data.get('n_patients', '?')} patients, split by patient (no patient in two splits), stratified by label: "
-        f"train {data.get('n_train', '?')}, validation {data.get('n_val', '?')}, test {data.get('n_test', '?')}.",
+    ]
+    if use:
+        ages = f"{use.get('min_age', '?')}-{use.get('max_age', '?')} years"
+        lines += [
+            f"- Frontal ({', '.join(use.get('views', []))}) {', '.join(use.get('body_parts', []))} radiographs "
+            f"({', '.join(use.get('modalities', []))}), greyscale, at least {use.get('min_size')} pixels a side; "
+            f"patients aged {ages} (the training data's range).",
+            "- The intended-use gate refuses DICOM whose tags contradict this (an absent tag never refuses), "
+            "and any image whose pooled features are far from the training images (Mahalanobis distance to the "
+            "class means, Ledoit-Wolf covariance, from the same forward pass)"
+            + (f": fitted on {ood.get('n_train')} training images, threshold {float(ood.get('threshold', 0)):.1f} "
+               f"= the {float(ood.get('quantile', 0.99)):.0%} quantile of {ood.get('n_val')} validation images."
+               if ood else "; this checkpoint has no image-gate statistics."),
+        ]
+    else:
+        lines.append("- Not recorded in this checkpoint (the gate uses its defaults: CR/DX frontal chest films).")
+    lines += ["", "## Training data", ""]
+    for population in populations:
+        lines.append(f"- **{population}**: {SOURCES.get(population, 'see the training config')}")
+    lines += [
+        f"- {data.get('n_train', 0) + data.get('n_val', 0) + data.get('n_test', 0)} images of "
+        f"{data.get('n_patients', '?')} patients, each population split by patient on its own (no patient in two "
+        f"splits), stratified by label: train {data.get('n_train', '?')}, validation {data.get('n_val', '?')}, "
+        f"test {data.get('n_test', '?')}.",
         f"- Data hash (SHA-256 over files and labels): `{data.get('sha256', '?')}`.",
         "",
         "## Training",
         "",
-        f"- `medcam train`, config recorded in the checkpoint: {train_cfg.get('epochs', '?')} epochs at most, batch "
-        f"{train_cfg.get('batch_size', '?')}, AdamW lr {train_cfg.get('lr', '?')}, weight decay "
-        f"{train_cfg.get('weight_decay', '?')}, cosine schedule, class-weighted cross-entropy, early stopping on "
-        f"validation AUROC (patience {train_cfg.get('patience', '?')}), seed {train_cfg.get('seed', '?')}.",
+        f"- `medcam train --config {config_path}`: {train_cfg.get('epochs', '?')} epochs at most of "
+        f"{train_cfg.get('samples_per_epoch') or 'all'} images drawn by population weight with classes (and "
+        f"views, where confounded) balanced, batch {train_cfg.get('batch_size', '?')}, AdamW lr "
+        f"{train_cfg.get('lr', '?')}, weight decay {train_cfg.get('weight_decay', '?')}, cosine schedule, label "
+        f"smoothing {train_cfg.get('label_smoothing', 0)}, early stopping on the lowest per-population validation "
+        f"AUROC (patience {train_cfg.get('patience', '?')}), seed {train_cfg.get('seed', '?')}.",
         "- Augmentation: gamma 0.7-1.5, rotation +-10 degrees, scale +-10%, shift +-6%, Gaussian noise; no flips.",
-        f"- CPU: bfloat16 autocast = {train_cfg.get('bf16', '?')}, "
-        f"channels_last = {train_cfg.get('channels_last', '?')}; "
-        f"{training.get('epochs_run', '?')} epochs run, best epoch {training.get('best_epoch', '?')}, "
+        f"- {training.get('epochs_run', '?')} epochs run, best epoch {training.get('best_epoch', '?')}, "
         f"{training.get('seconds', 0) / 60:.0f} min on {training.get('device', '?')} "
-        f"({training.get('threads', '?')} torch thread(s) when the run finished).",
-        f"- Reproduce: `medcam train --config {config_path} --out runs/pneumonia` (writes the split CSVs "
-        "`train.csv`, `val.csv`, `test.csv` used below).",
+        f"({training.get('threads', '?')} torch thread(s)). Validation AUROC per epoch is in the checkpoint's "
+        "`training.history`.",
         "",
         "## Evaluation",
         "",
-        "| split | n | AUROC | sensitivity | specificity | ECE | confusion at the operating point |",
-        "|---|---|---|---|---|---|---|",
-        *(_metrics_rows(name, m) for name, m in metrics.items()),
-        "",
+        *_tables(metrics),
         "AUROC CIs: percentile bootstrap over patients (2,000 resamples); sensitivity/specificity CIs: Wilson.",
         "The validation split also chose the best epoch, the temperature and the threshold, so its figures are",
-        "optimistic; the test split was used for nothing but this table.",
+        "optimistic; the test split was used for nothing but these tables. Pointing game: the pneumonia map's",
+        "maximum inside a reference box (5% tolerance), on the images of the split that have boxes.",
         "",
     ]
     commands = [m["command"] for m in metrics.values() if m.get("command")]
@@ -108,15 +163,15 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
     lines += [
         "## Limits",
         "",
-        "- Pediatric (1-5 years), single centre, one vendor population: performance on adults, other hospitals, "
-        "portable/ICU films or other devices is unknown and likely lower.",
-        "- Trained on resized 8-bit images (224x224, aspect ratio squashed), not on original DICOM: the display "
-        "pipeline and resizing of a new site's images differ from training.",
-        "- Labels are image-level diagnoses from the data set's graders, not confirmed outcomes; no region labels.",
-        "- Known shortcut risk: in this data set normal and pneumonia originals differ in size and aspect ratio.",
+        "- Two public sources, each from one centre; no patient aged 6-17; performance on other hospitals, "
+        "portable/ICU films, other devices and other populations is unknown and likely lower.",
+        "- Trained on resized 8-bit PNGs, not on original DICOM: the display pipeline and resizing of a new site's "
+        "images differ from training.",
+        "- Labels are image-level (graders for the children, report mining for the adults), not confirmed outcomes; "
+        "no region labels were used in training.",
         "- Not for clinical use.",
         "",
     ]
     if notes:
-        lines += ["## What the CAMs show", "", notes.strip(), ""]
+        lines += [notes.strip(), ""]
     return "\n".join(lines)

@@ -13,6 +13,8 @@ from PIL import Image as PILImage
 
 from medcam.cli import main
 from medcam.localisation import best_iou, box_iou, boxes_for, pointing_hit, read_boxes
+from medcam.modelcard import render_model_card
+from medcam.models import load_checkpoint
 
 
 def test_pointing_hit_uses_the_peak_pixel_centre_and_the_tolerance() -> None:
@@ -83,3 +85,8 @@ def test_evaluate_reports_each_population_view_and_the_localisation(tiny_checkpo
     assert localisation["n_with_boxes"] == 8 and 0 <= localisation["pointing_game"] <= 1
     assert 0 <= localisation["mean_best_iou"] <= 1
     assert "adult/PA" in capsys.readouterr().out
+    card = render_model_card(load_checkpoint(tiny_checkpoint), {"test": out}, notes="## Notes\n\nseen")
+    assert "Not for clinical use" in card and "## Notes" in card
+    for group in ("adult", "adult/PA", "adult/AP", "child"):
+        assert f"**{group}**" in card
+    assert f"{metrics['groups']['child']['auroc']:.3f}" in card
