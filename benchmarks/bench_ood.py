@@ -22,24 +22,16 @@ stored ones is timed with statistics fitted on the features of the timed batches
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cam import _time
+
 from medcam.gate import OODStats, fit_ood, read_ood
 from medcam.models import Classifier
-
-
-def _time(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def _stats(classifier: Classifier, size: int) -> OODStats:
