@@ -2,11 +2,12 @@
 
     python docs/make_figures.py --split runs/pneumonia/test.csv
 
-Writes ``docs/overlay_rg1.png`` (the bundled model on sample_data/dicom/RG1_UNCR.dcm) and
-``docs/cam_grid.png`` (pneumonia maps on 8 pneumonia and 8 normal images of the split, the
-Kermany et al. 2018 images, CC BY 4.0), and prints, over the whole split, the share of each
-positive-normalised pneumonia map that falls in the central box (rows and columns 15-85%)
-where the lungs are, against the share expected if the map were spread evenly (49%).
+Writes ``docs/overlay_rg1.png`` (the bundled model on sample_data/dicom/RG1_UNCR.dcm) and, per
+population of the split (its ``population`` column), ``docs/cam_grid_<population>.png``
+(pneumonia maps on 8 pneumonia and 8 normal images), and prints, over each population, the
+share of each positive-normalised pneumonia map that falls in the central box (rows and
+columns 15-85%) where the lungs are, against the share expected if the map were spread
+evenly (49%).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from medcam.io import load_image
 from medcam.models import Classifier, normalise_maps
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+SOURCES = {"pediatric": "(Kermany et al. 2018, CC BY 4.0)", "adult": "(NIH ChestX-ray14, NIH Clinical Center)"}
 
 
 def _heat(prediction: object, classifier: Classifier) -> np.ndarray:
@@ -53,36 +57,45 @@ def main() -> None:
 
     with open(args.split, newline="") as f:
         rows = list(csv.DictReader(f))
-    centre_share = {0: [], 1: []}
-    shown: dict[int, list[tuple[np.ndarray, np.ndarray, float]]] = {0: [], 1: []}
-    for start in range(0, len(rows), 32):
-        chunk = rows[start:start + 32]
-        images = [load_image(r["file"]) for r in chunk]
-        for row, image, pred in zip(chunk, images, classifier.classify(images, batch_size=32), strict=True):
-            heat = _heat(pred, classifier)
-            h, w = heat.shape
-            inner = heat[int(0.15 * h):int(0.85 * h), int(0.15 * w):int(0.85 * w)].sum()
-            label = int(row["label"])
-            if heat.sum() > 0:
-                centre_share[label].append(inner / heat.sum())
-            if len(shown[label]) < 8:
-                shown[label].append((image.pixels, heat, pred.positive_probability))
-    for label, name in ((1, "pneumonia"), (0, "normal")):
-        share = np.array(centre_share[label])
-        print(f"{name}: {len(share)} maps with positive evidence; share of map mass in the central box: "
-              f"median {np.median(share):.2f}, 10th percentile {np.percentile(share, 10):.2f} (even spread: 0.49)")
-
-    fig, axes = plt.subplots(4, 4, figsize=(10, 10.6), dpi=100)
-    for i, (label, (pixels, heat, p)) in enumerate((lab, item) for lab in (1, 0) for item in shown[lab]):
-        ax = axes.flat[i]
-        ax.imshow(overlay(pixels, heat, opacity=0.5))
-        ax.set_title(f"{'pneumonia' if label else 'normal'}, p = {p:.2f}", fontsize=9)
-        ax.axis("off")
-    fig.suptitle("Pneumonia CAMs of the bundled model on test-split images (Kermany et al. 2018, CC BY 4.0)",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "cam_grid.png")
-    print(f"wrote {out / 'overlay_rg1.png'} and {out / 'cam_grid.png'}")
+    populations = sorted({r.get("population", "") for r in rows})
+    written = [out / "overlay_rg1.png"]
+    for population in populations:
+        chosen = [r for r in rows if r.get("population", "") == population]
+        centre_share: dict[int, list[float]] = {0: [], 1: []}
+        shown: dict[int, list[tuple[np.ndarray, np.ndarray, float]]] = {0: [], 1: []}
+        for start in range(0, len(chosen), 32):
+            chunk = chosen[start:start + 32]
+            images = [load_image(r["file"]) for r in chunk]
+            for row, image, pred in zip(chunk, images, classifier.classify(images, batch_size=32), strict=True):
+                heat = _heat(pred, classifier)
+                h, w = heat.shape
+                inner = heat[int(0.15 * h):int(0.85 * h), int(0.15 * w):int(0.85 * w)].sum()
+                label = int(row["label"])
+                if heat.sum() > 0:
+                    centre_share[label].append(inner / heat.sum())
+                if len(shown[label]) < 8:
+                    shown[label].append((image.pixels, heat, pred.positive_probability))
+        for label, name in ((1, "pneumonia"), (0, "normal")):
+            share = np.array(centre_share[label])
+            print(f"{population or 'all'} {name}: {len(share)} maps with positive evidence; share of map mass in "
+                  f"the central box: median {np.median(share):.2f}, 10th percentile {np.percentile(share, 10):.2f} "
+                  "(even spread: 0.49)")
+        fig, axes = plt.subplots(4, 4, figsize=(10, 10.6), dpi=100)
+        for ax in axes.flat:
+            ax.axis("off")
+        for i, (label, (pixels, heat, p)) in enumerate((lab, item) for lab in (1, 0) for item in shown[lab]):
+            ax = axes.flat[i]
+            ax.imshow(overlay(pixels, heat, opacity=0.5))
+            ax.set_title(f"{'pneumonia' if label else 'normal'}, p = {p:.2f}", fontsize=9)
+        source = SOURCES.get(population, "")
+        fig.suptitle(f"Pneumonia CAMs of the bundled model on {population or 'test'} test-split images {source}",
+                     fontsize=10)
+        fig.tight_layout()
+        name = f"cam_grid_{population}.png" if population else "cam_grid.png"
+        fig.savefig(out / name)
+        plt.close(fig)
+        written.append(out / name)
+    print(f"wrote {', '.join(map(str, written))}")
 
 
 if __name__ == "__main__":
