@@ -28,7 +28,8 @@ __all__ = ["fit_ood_command", "fit_ood_on", "intended_use_command"]
 
 def fit_ood_on(classifier: Classifier, train: str | Path, val: str | Path, *, batch_size: int = 16,
                quantile: float = 0.99, log: Any = print) -> OODStats:
-    """Statistics of ``classifier``'s features on the labelled ``train`` images, the threshold from ``val``."""
+    """Statistics of ``classifier``'s features on the labelled ``train`` images, the threshold from ``val``
+    (at ``quantile`` of each population's validation scores when ``val`` names populations)."""
     classes = classifier.classes
     samples = {name: read_samples(source, classes) for name, source in (("train", train), ("validation", val))}
     sets = {name: collect_features(classifier, [s.path for s in part], batch_size=batch_size)
@@ -39,9 +40,11 @@ def fit_ood_on(classifier: Classifier, train: str | Path, val: str | Path, *, ba
         if not found.kept:
             raise ConfigError(f"no readable {name} images in {train if name == 'train' else val}")
     labels = torch.tensor(np.array([samples["train"][i].label for i in sets["train"].kept]))
-    stats = fit_ood(sets["train"].features, labels, sets["validation"].features, quantile=quantile)
-    log(f"fitted on {stats.n_train} training images; threshold {stats.threshold:.2f} refuses "
-        f"{1 - quantile:.0%} of {stats.n_val} validation images")
+    groups = [samples["validation"][i].population for i in sets["validation"].kept]
+    stats = fit_ood(sets["train"].features, labels, sets["validation"].features, quantile=quantile,
+                    groups_val=groups if len(set(groups)) > 1 else None)
+    log(f"fitted on {stats.n_train} training images; threshold {stats.threshold:.2f} lets through at least "
+        f"{quantile:.0%} of the {stats.n_val} validation images of every population")
     return stats
 
 

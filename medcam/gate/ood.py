@@ -170,6 +170,7 @@ def fit_ood(
     features_val: torch.Tensor,
     *,
     quantile: float = 0.99,
+    groups_val: Sequence[str] | None = None,
 ) -> OODStats:
     """Fit class means and a Ledoit-Wolf shared covariance, and set the threshold on validation.
 
@@ -182,6 +183,9 @@ def fit_ood(
         labels_train: ``(N,)`` class index of each training image.
         features_val: ``(M, C)`` pooled features of validation images (other patients).
         quantile: the share of validation images that the threshold lets through.
+        groups_val: the population of each validation image; then the threshold lets
+            through at least ``quantile`` of every population (the highest of their quantiles),
+            so that a small population is not refused for differing from a large one.
 
     Raises:
         ValueError: shapes disagree, a class has fewer than two images, or ``quantile`` is
@@ -216,7 +220,14 @@ def fit_ood(
     stats = OODStats(means=means.float(), precision=(precision + precision.T) / 2, threshold=0.0,
                      quantile=quantile, shrinkage=float(estimator.shrinkage_),
                      n_train=int(x.shape[0]), n_val=int(val.shape[0]))
-    threshold = float(torch.quantile(stats.score(val), quantile))
+    scores = stats.score(val)
+    if groups_val is None:
+        threshold = float(torch.quantile(scores, quantile))
+    else:
+        if len(groups_val) != len(scores):
+            raise ValueError(f"groups_val has {len(groups_val)} entries for {len(scores)} validation images")
+        names = list(groups_val)
+        threshold = max(float(torch.quantile(scores[[n == g for n in names]], quantile)) for g in set(names))
     return dataclasses.replace(stats, threshold=threshold)
 
 
