@@ -429,3 +429,19 @@ def test_gate_runs_on_the_features_of_the_scoring_pass(
     assert bool(stats.refuses(out.features).all()), "white noise is no radiograph"
     with pytest.raises(ValueError, match="features must have shape"):
         OODStats.from_metadata(stats.to_metadata()).score(out.features[:, :10])
+
+
+def test_fit_ood_threshold_lets_through_every_population() -> None:
+    features, labels = _gaussian_classes(200, seed=1)
+    val_features, _ = _gaussian_classes(120, seed=2)
+    val = torch.cat([val_features[:100], val_features[100:] * 1.6])  # a small, more spread population
+    groups = ["many"] * 100 + ["few"] * 20
+    pooled = fit_ood(features, labels, val, quantile=0.9)
+    per_group = fit_ood(features, labels, val, quantile=0.9, groups_val=groups)
+    scores = per_group.score(val)
+    for name in ("many", "few"):
+        mine = scores[[g == name for g in groups]]
+        assert float((mine <= per_group.threshold).float().mean()) >= 0.9 - 1e-6
+    assert per_group.threshold >= pooled.threshold
+    with pytest.raises(ValueError, match="groups_val"):
+        fit_ood(features, labels, val, groups_val=groups[:5])
