@@ -82,9 +82,9 @@ _NON_IMAGE_PREFIXES = {
     "1.2.840.10008.5.1.4.1.1.104.": "an encapsulated document",
 }
 # The decoder that spends the least CPU time on each syntax, where pydicom's first choice is
-# another (``benchmarks/bench_decode.py``): libjpeg-turbo and CharLS are 3-4x and ~1.9x
-# faster than GDCM; for JPEG 2000, GDCM's threads finish sooner but spend ~19% more CPU than
-# OpenJPEG on one, and batch scoring already keeps every core decoding.
+# another (measured by ``benchmarks/bench_decode.py``; figures in the README): for JPEG 2000,
+# GDCM's threads finish sooner but spend more CPU than OpenJPEG, and batch scoring already
+# keeps every core decoding.
 _FAST_PLUGINS: dict[str, str] = {
     JPEGBaseline8Bit: "pillow",
     JPEGLSLossless: "pyjpegls",

@@ -66,10 +66,9 @@ class Reduced:
 
 
 MAX_BLOCK_FACTOR = 2
-"""The largest block mean used after a full decode. At 4-6 the bundled model's probability for
-RG1 (1955x1841, no VOI) moved by 0.02-0.04 against the full decode, beyond the 0.01 budget
-that ``tests/test_reduced_scoring.py`` holds every radiograph to; at 2 it moved by 0.005. The
-decoders' own reductions (JPEG 2000 levels, DCT scaling) stay within it at 4."""
+"""The largest block mean used after a full decode: larger ones moved RG1's probability beyond
+the budget that ``tests/test_reduced_scoring.py`` holds every radiograph to (the README's
+"Full-size radiographs" says by how much); the decoders' own reductions stay within it."""
 
 
 def reduction_factor(shape: tuple[int, int], min_size: int | None, *, powers_of_two: bool = False,

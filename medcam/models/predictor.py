@@ -23,9 +23,9 @@ __all__ = ["Classifier", "Prediction", "serving_memory_format"]
 def serving_memory_format(device: torch.device) -> torch.memory_format:
     """How activations are laid out for inference on ``device``.
 
-    On the CPU, channels-last (NHWC) lets oneDNN pick its fastest convolutions: the bundled
-    DenseNet121 scores about 1.4x more images per second than in the default NCHW layout
-    (``benchmarks/bench_score.py`` prints both), with the same logits to float32 rounding.
+    On the CPU, channels-last (NHWC) lets oneDNN pick its fastest convolutions
+    (``benchmarks/bench_score.py`` prints both layouts' throughput), with the same logits to
+    float32 rounding.
     Elsewhere the default layout is kept: it has not been measured on a GPU.
     """
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format

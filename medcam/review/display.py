@@ -166,8 +166,8 @@ def render(pixels: np.ndarray, heat: np.ndarray | None, regions: Sequence[Region
 def encode_png(rgb: np.ndarray) -> bytes:
     """Lossless PNG bytes of a uint8 RGB picture, with fast (level 1) compression.
 
-    About 4 times faster than Pillow's default level for a 1024-pixel radiograph, for a file
-    about 20% larger: on a local connection the encoding, not the transfer, is the cost.
+    Faster than Pillow's default level, for a somewhat larger file: on a local connection the
+    encoding, not the transfer, is the cost.
     """
     buffer = io.BytesIO()
     PILImage.fromarray(rgb).save(buffer, format="PNG", compress_level=1)

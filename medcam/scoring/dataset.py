@@ -195,8 +195,8 @@ def make_loader(items: Iterable[Item], dataset: ScoringDataset, *, batch_size: i
     ``niceness`` lowers the workers' CPU priority (19: the lowest). With the model on the
     CPU, decoding at normal priority preempts the model's threads, and each preemption
     stalls the others at their next synchronisation; at the lowest priority the workers
-    decode while the model waits for its next batch instead, which on 2 cores scored
-    10-15% more images per second (see the README's batch scoring benchmark).
+    decode while the model waits for its next batch instead (``benchmarks/bench_score.py``
+    measures it).
     """
     return DataLoader(
         dataset,
