@@ -30,7 +30,7 @@ from pydicom.uid import JPEGBaseline8Bit
 import medcam.io.reduce
 from medcam.io import Image, load_image
 from medcam.io.openjpeg import decoded_levels, library_version
-from medcam.io.reduce import block_mean, reduction_factor
+from medcam.io.reduce import MAX_BLOCK_FACTOR, block_mean, reduction_factor
 
 DataPath = Callable[[str], Path]
 SIZE = 320
@@ -78,7 +78,7 @@ def assert_close_at_model_size(path: Path, expected_method: str, expected_factor
 
 
 @pytest.mark.parametrize(("name", "method", "factor"), [
-    ("RG1_UNCR.dcm", "block mean 4x4", 4),
+    ("RG1_UNCR.dcm", "block mean 2x2", 2),  # block means stop at MAX_BLOCK_FACTOR
     ("RG1_J2KR.dcm", "JPEG 2000 decoded 2 resolution levels down", 4),
     ("RG1_J2KI.dcm", "JPEG 2000 decoded 2 resolution levels down", 4),
     ("RG3_J2KR.dcm", "JPEG 2000 decoded 2 resolution levels down", 4),
@@ -94,7 +94,7 @@ def test_pydicom_data_files_reduced_match_the_full_image_at_model_size(
 
 @pytest.mark.parametrize("name", ["RG1_RLE.dcm", "RG1_JLSL.dcm"])
 def test_rle_and_jpeg_ls_reduce_by_block_means(name: str, sample_data: Path) -> None:
-    assert_close_at_model_size(sample_data / "dicom" / name, "block mean 4x4", 4)
+    assert_close_at_model_size(sample_data / "dicom" / name, "block mean 2x2", MAX_BLOCK_FACTOR)
 
 
 def test_rsna_jpeg_baseline_reduces_by_dct_scaling(rsna_dicoms: list[Path]) -> None:
@@ -139,20 +139,20 @@ def test_jpeg_2000_samples_are_moved_onto_the_block_centres(
 def test_reduced_geometry_spacing_affine_and_full_shape(testdata: DataPath) -> None:
     path = testdata("CT_small.dcm")  # 128 x 128, 0.66 mm, with a patient position/orientation
     full = load_image(path)
-    reduced = load_image(path, min_size=32)  # 1.25 * 32 = 40 <= 128 // 3
-    f = 3
-    assert reduced.reduction == f and reduced.shape == (42, 42) and reduced.full_shape == (128, 128)
+    reduced = load_image(path, min_size=32)  # 1.25 * 32 = 40 <= 128 // 3, but block means stop at 2
+    f = MAX_BLOCK_FACTOR
+    assert reduced.reduction == f and reduced.shape == (64, 64) and reduced.full_shape == (128, 128)
     assert full.spacing is not None and reduced.spacing == pytest.approx(
         (full.spacing[0] * f, full.spacing[1] * f))
     assert full.affine is not None and reduced.affine is not None
-    for col, row in [(0, 0), (41, 0), (7, 30)]:
+    for col, row in [(0, 0), (63, 0), (7, 30)]:
         source = [f * col + (f - 1) / 2, f * row + (f - 1) / 2, 0, 1]  # the block's centre
         np.testing.assert_allclose(reduced.affine @ [col, row, 0, 1], full.affine @ source)
     stored = pydicom.dcmread(path).pixel_array
-    expected = load_image(path, voi=(40.0, 400.0)).pixels[0, :126, :126].reshape(42, 3, 42, 3)
+    expected = load_image(path, voi=(40.0, 400.0)).pixels[0].reshape(64, 2, 64, 2)
     windowed = load_image(path, voi=(40.0, 400.0), min_size=32).pixels[0]
     assert np.abs(windowed - expected.mean(axis=(1, 3))).mean() < 0.01
-    assert block_mean(stored, f).shape == (42, 42)
+    assert block_mean(stored, 3).shape == (42, 42)
 
 
 def test_without_min_size_or_when_too_small_nothing_is_reduced(testdata: DataPath) -> None:

@@ -35,7 +35,8 @@ def _rows(path: Path) -> dict[str, dict[str, str]]:
 
 
 def _options(out: Path, **kwargs: object) -> ScoreOptions:
-    return ScoreOptions(out=out, workers=0, progress=False, **kwargs)  # type: ignore[arg-type]
+    """The inputs here are CT and MR slices: the intended-use gate (test_pipeline_gate.py) lets them through."""
+    return ScoreOptions(out=out, workers=0, progress=False, ignore_intended_use=True, **kwargs)  # type: ignore[arg-type]
 
 
 def _folder(tmp_path: Path) -> Path:
@@ -169,7 +170,7 @@ def test_predict_and_export_process_an_input_named_twice_once(tiny_checkpoint: P
     for command, table in (("predict", "predictions.csv"), ("export", "exports.csv")):
         out = tmp_path / command
         code = main([command, str(folder), str(folder / "ct.dcm"), "--model", str(tiny_checkpoint),
-                     "--out", str(out)])
+                     "--out", str(out), "--ignore-intended-use"])
         assert code == 0
         rows = list(read_results(out / table))
         assert sorted(Path(r["path"]).name for r in rows) == ["ct.dcm", "mr.dcm"], command
@@ -179,7 +180,7 @@ def test_exit_status_0_all_analysed_3_some_refused_1_fatal(tiny_checkpoint: Path
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     folder = _folder(tmp_path)
     out = tmp_path / "r.csv"
-    base = ["--model", str(tiny_checkpoint), "--workers", "0"]
+    base = ["--model", str(tiny_checkpoint), "--workers", "0", "--ignore-intended-use"]
     assert main(["score", str(folder), "--out", str(out), *base]) == 0
     PILImage.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "later.png")
     (folder / "broken.dcm").write_bytes(b"")
@@ -188,12 +189,12 @@ def test_exit_status_0_all_analysed_3_some_refused_1_fatal(tiny_checkpoint: Path
     shutil.copy(tiny_checkpoint, other)
     with open(other, "ab") as f:
         f.write(b"\0")  # another file, another model id
-    assert main(["score", str(folder), "--out", str(out), "--model", str(other)]) == 1
+    assert main(["score", str(folder), "--out", str(out), "--model", str(other), "--ignore-intended-use"]) == 1
     assert "scored by model" in capsys.readouterr().err
     with pytest.raises(SystemExit) as bad_arguments:
         main(["score", str(folder), "--out", str(out), "--no-such-flag"])
     assert bad_arguments.value.code == 1
-    assert main(["predict", str(folder), "--out", str(tmp_path / "p"), *base[:2]]) == 3
+    assert main(["predict", str(folder), "--out", str(tmp_path / "p"), *base[:2], "--ignore-intended-use"]) == 3
 
 
 def test_predict_with_another_method_writes_the_same_outputs(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -201,7 +202,7 @@ def test_predict_with_another_method_writes_the_same_outputs(tiny_checkpoint: Pa
     for method in ("cam", "gradcam", "gradcam++"):
         out = tmp_path / method
         assert main(["predict", str(CT), "--model", str(tiny_checkpoint), "--out", str(out),
-                     "--method", method]) == 0
+                     "--method", method, "--ignore-intended-use"]) == 0
         row = next(read_results(out / "predictions.csv"))
         maps[method] = (float(row["prob_PNEUMONIA"]), np.load(row["cam"]))
         assert Path(row["overlay"]).is_file()

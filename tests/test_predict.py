@@ -52,7 +52,7 @@ def test_predict_writes_overlays_maps_and_table(tiny_checkpoint: Path, inputs: l
                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     code = main(["predict", str(inputs[0].parent), "--model", str(tiny_checkpoint), "--out", str(out),
-                 "--colour-map", "inferno", "--opacity", "0.7"])
+                 "--colour-map", "inferno", "--opacity", "0.7", "--ignore-intended-use"])  # a CT slice
     assert code == 3  # finished, one input (the RT plan) was refused
     printed = capsys.readouterr().out
     assert "UNTRAINED PLACEHOLDER" in printed and re.search(r"plan\.dcm\s+error: .*no pixel data", printed)

@@ -243,13 +243,15 @@ def test_an_existing_cluster_too_small_fails_fast_and_one_large_enough_scores_li
         namespace: Path, tiny_checkpoint: Path) -> None:
     inputs = _inputs(namespace)
     local_out, few, enough = namespace / "local.csv", namespace / "few.csv", namespace / "enough.csv"
-    score([inputs], Classifier(str(tiny_checkpoint)), ScoreOptions(out=local_out, progress=False, workers=0))
+    score([inputs], Classifier(str(tiny_checkpoint)), ScoreOptions(out=local_out, progress=False, workers=0,
+                                                                               ignore_intended_use=True))
 
     token = secrets.token_hex(32)  # token authentication on, connected to as docs/ray-cluster.md says
     start = (f"ray start --head --port {PORT} "
              "--node-ip-address 127.0.0.1 --include-dashboard=false --disable-usage-stats")
     medcam = (f"python -m medcam score {inputs} --engine ray "
-              f"--ray-address 127.0.0.1:{PORT} --model {tiny_checkpoint} --workers 0")
+              f"--ray-address 127.0.0.1:{PORT} --model {tiny_checkpoint} --workers 0 "
+              "--ignore-intended-use")  # its inputs are CT and MR slices
     script = f"""
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN={token}
 trap 'ray stop --force > /dev/null 2>&1' EXIT

@@ -74,7 +74,7 @@ def test_scoring_decodes_reduced_and_reads_flagged_images_in_full_for_their_file
         out = tmp_path / f"reduce-{reduce}.csv"
         score([folder], flag_all, ScoreOptions(out=out, regions=tmp_path / f"regions-{reduce}",
                                                region_formats=("nifti", "png"), workers=0, progress=False,
-                                               reduce=reduce))
+                                               reduce=reduce, ignore_intended_use=True))  # RG3 is an extremity
         rows[reduce] = {Path(r["path"]).name: r for r in read_results(out)}
     for name, row in rows[True].items():
         assert row["status"] == "ok" and row["flagged"] == "true"

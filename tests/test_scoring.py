@@ -87,8 +87,11 @@ def by_name(path: Path) -> dict[str, dict[str, str]]:
 
 
 def options(out: Path, **kwargs: object) -> ScoreOptions:
+    """Options for these tests, whose inputs are mostly CT and MR slices: the intended-use gate
+    (tested in test_pipeline_gate.py) lets them through with a note."""
     kwargs.setdefault("workers", 0)
     kwargs.setdefault("progress", False)
+    kwargs.setdefault("ignore_intended_use", True)
     return ScoreOptions(out=out, **kwargs)  # type: ignore[arg-type]
 
 
@@ -230,7 +233,7 @@ def test_bad_files_get_error_rows_with_reasons_and_do_not_stop_the_batch(
 
     out = tmp_path / "r.csv"
     code = main(["score", str(folder), str(random_bytes), "--out", str(out), "--model",
-                 str(Path(classifier.checkpoint.path)), "--workers", "2", "--batch-size", "3"])
+                 str(Path(classifier.checkpoint.path)), "--workers", "2", "--batch-size", "3", "--ignore-intended-use"])
     assert code == 3  # finished, some rows are errors
     rows = by_name(out)
     assert rows["0_good"]["status"] == rows["6_good_after"]["status"] == "ok"
@@ -289,7 +292,8 @@ def test_threads_option_sets_the_model_threads(classifier: Classifier, tmp_path:
     write_dicom(pydicom_file("CT_small.dcm"), tmp_path / "in" / "ct")
     try:
         code = main(["score", str(tmp_path / "in"), "--out", str(tmp_path / "r.csv"), "--model",
-                     str(Path(classifier.checkpoint.path)), "--workers", "0", "--threads", "1"])
+                     str(Path(classifier.checkpoint.path)), "--workers", "0", "--threads", "1",
+                     "--ignore-intended-use"])
         assert code == 0 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
@@ -464,7 +468,7 @@ def _count_rows(path: Path) -> int:
 
 def _score_command(folder: Path, out: Path, checkpoint: Path) -> list[str]:
     return [sys.executable, "-m", "medcam", "score", str(folder), "--out", str(out), "--model",
-            str(checkpoint), "--batch-size", "2", "--workers", "1"]
+            str(checkpoint), "--batch-size", "2", "--workers", "1", "--ignore-intended-use"]
 
 
 # One intra-op thread: the test machine's cores may be busy, where spinning threads crawl.
