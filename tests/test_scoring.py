@@ -4,6 +4,7 @@ and the Ray engine against the local one. Crash safety is tested by killing real
 from __future__ import annotations
 
 import csv
+import io
 import os
 import signal
 import subprocess
@@ -196,7 +197,7 @@ def test_columns_and_probabilities_agree_with_the_classifier(classifier: Classif
     with open(out, newline="") as f:
         header = next(csv.reader(f))
     assert header == ["path", "status", "reason", "sop_instance_uid", "series_instance_uid",
-                      "study_instance_uid", "prob_NORMAL", "prob_PNEUMONIA", "label", "flagged", "model"]
+                      "study_instance_uid", "prob_NORMAL", "prob_PNEUMONIA", "label", "flagged", "ood_score", "model"]
     row = by_name(out)["ct"]
     assert row["path"] == str(ct)
     assert (row["sop_instance_uid"], row["series_instance_uid"], row["study_instance_uid"]) == (
@@ -412,8 +413,8 @@ def test_torn_last_row_is_cut_and_that_input_scored_again(classifier: Classifier
     assert summary.scored == 1
     repaired = out.read_bytes()
     assert repaired[:last_start] == text[:last_start]  # the rows before are untouched
-    old, new = (text[last_start:].decode().split(","), repaired[last_start:].decode().split(","))
-    assert new[:6] == old[:6] and new[8:] == old[8:]  # the same row, scored again
+    old, new = (next(csv.reader(io.StringIO(t[last_start:].decode()))) for t in (text, repaired))
+    assert new[:6] == old[:6] and new[9:] == old[9:]  # the same row, scored again (columns 6-8: p, p, label)
     assert float(new[7]) == pytest.approx(float(old[7]), abs=1e-5)
     assert sorted(r["path"] for r in rows_of(out)) == sorted(map(str, paths))
 
@@ -422,7 +423,7 @@ def test_results_file_refuses_another_model_other_columns_and_a_second_writer(tm
     out = tmp_path / "r.csv"
     columns = results_columns(("NORMAL", "PNEUMONIA"))
     with ResultsFile.open(out, columns, "densenet121-aaa") as results:
-        results.append([[str(tmp_path / "x"), "error", "why", "", "", "", "", "", "", "", "densenet121-aaa"]])
+        results.append([[str(tmp_path / "x"), "error", "why", "", "", "", "", "", "", "", "", "densenet121-aaa"]])
     (tmp_path / "old.csv").write_text("path,status,error,sop_instance_uid\n")
     with pytest.raises(MedcamError, match="older medcam"):
         ResultsFile.open(tmp_path / "old.csv", columns, "densenet121-aaa")

@@ -89,7 +89,7 @@ def test_review_in_a_real_browser(tmp_path: Path, review_folder: Path, tiny_chec
         drive.set_reviewer(page, "Dr Two")
         drive.select_image(page, "chest_pa.dcm")
         drive.wait_overlay(page, "chest_pa.dcm", "fraction:0.45")  # reopened at the reviewed threshold
-        page.get_by_text(re.compile(r"status exported$")).wait_for()
+        page.get_by_text(re.compile(r"status exported · map: cam$")).wait_for()
         page.get_by_text(re.compile(r"^Region 1 · [\d,.]+ mm² · accept$")).wait_for()
         page.screenshot(path=str(shots / "05-after-restart.png"))
         browser.close()
