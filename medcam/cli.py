@@ -85,6 +85,24 @@ def _export(args: argparse.Namespace) -> int:
     return exit_status(export.main(args.paths, Classifier(args.model, device=args.device), options))
 
 
+def _listen(args: argparse.Namespace) -> int:
+    import torch
+
+    from medcam.commands import listen
+    from medcam.node.scp import ReceiveOptions
+    from medcam.node.service import NodeOptions
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    receive = ReceiveOptions(ae_title=args.ae_title, host=args.host, port=args.port, allow_ae=tuple(args.allow_ae),
+                             max_bytes=int(args.max_size_mb * 2**20), timeout=args.timeout)
+    options = NodeOptions(spool=Path(args.spool), formats=tuple(args.formats.split(",")), settle=args.settle,
+                          receive=receive, region_options=_region_options(args), batch_size=args.batch_size,
+                          ignore_intended_use=args.ignore_intended_use)
+    destination = listen.destination_of(args.send_to, args.stow, calling_ae=receive.ae_title, timeout=args.timeout)
+    return listen.main(args.model, options, destination, device=args.device, debug=args.debug)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from medcam.evaluate import evaluate
     from medcam.models.predictor import Classifier
@@ -258,6 +276,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=1,
                    help="Ray model actors; with --device cuda one GPU each (default: 1)")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser("listen", help="run as a DICOM node: receive images (C-STORE), score, send results back",
+                       description="Receive chest radiographs by C-STORE (C-ECHO answered), write each durably "
+                       "to the spool before acknowledging it, score each series once it has been quiet for "
+                       "--settle seconds (the pipeline of medcam score, one results CSV per series in "
+                       "SPOOL/results), and send its DICOM results (an SR for every analysed image; SEG, SC, "
+                       "GSPS for flagged ones when asked) to --send-to by C-STORE or to --stow by STOW-RS, "
+                       "retrying while the destination is down. Safe to kill at any moment: a restart "
+                       "resumes. Stops on SIGTERM, SIGHUP or Ctrl-C.")
+    p.add_argument("--ae-title", default="MEDCAM", help="this node's AE title (default: MEDCAM)")
+    p.add_argument("--port", type=int, default=11112, help="TCP port (default: 11112)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for all)")
+    p.add_argument("--spool", required=True, metavar="DIR",
+                   help="the node's folder: received images, results files, the outbox; nothing is written "
+                        "outside it")
+    p.add_argument("--send-to", metavar="AET@HOST:PORT", help="send results by C-STORE to this AE")
+    p.add_argument("--stow", metavar="URL", help="send results by STOW-RS to this DICOMweb base URL instead")
+    p.add_argument("--formats", default="sr",
+                   help="DICOM results to send, from sr,seg,sc,gsps (default: sr); the SR goes for every "
+                        "analysed image, the others for flagged images")
+    p.add_argument("--settle", type=float, default=10.0, metavar="SECONDS",
+                   help="score a series once nothing has arrived for it for this long (default: 10)")
+    p.add_argument("--allow-ae", nargs="+", default=[], metavar="AET",
+                   help="calling AE titles allowed to send (default: any)")
+    p.add_argument("--max-size-mb", type=float, default=512.0,
+                   help="largest instance accepted, in MiB (default: 512)")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="network and DIMSE timeout, long enough for large radiographs on slow links (default: 300)")
+    _add_regions(p)
+    _add_model(p)
+    _add_gate(p)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default: cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads of the model (default: torch's choice)")
+    p.add_argument("--debug", action="store_true", help="debug log lines (still no patient data)")
+    p.set_defaults(func=_listen)
 
     p = sub.add_parser("export", help="CAM regions of one class as DICOM SEG/SC, NIfTI, PNG, COCO JSON and CSV",
                        description="Find the regions of a class's activation map and export them for "

@@ -155,7 +155,7 @@ def _refusal_row(record: Record, status: str, reason: str, score: float | None, 
 def _write(classifier: Classifier, output: CAMOutput, index: int, record: Record, info: ModelInfo,
            options: ScoreOptions, cam_class: str, probabilities: list[float]) -> Written:
     """The files of one image of the batch, if it gets any; read in full here if it was decoded reduced."""
-    if options.regions_of == "flagged" and options.cams is None and not label_of(info, probabilities)[1]:
+    if options.cams is None and not options.formats_for(label_of(info, probabilities)[1]):
         return Written()
     assert record.transform is not None
     image, transform = record.image, record.transform

@@ -59,6 +59,9 @@ class ScoreOptions:
         regions: folder for the region exports (:func:`medcam.export.export_regions`) of the
             ``cam_class`` map; None writes none.
         regions_of: ``flagged`` (images whose positive class is flagged) or ``all`` analysed images.
+        report_all: with ``regions_of="flagged"``, also write the SR (when ``sr`` is one of the
+            formats) of every analysed image that is not flagged, so that an archive holds a
+            result for each image; the other formats stay for flagged images.
         region_options: the threshold rule, smoothing and minimum area of those regions.
         region_formats: the export formats, a subset of :data:`medcam.export.FORMATS`.
         progress: show a progress bar (on a terminal).
@@ -70,6 +73,7 @@ class ScoreOptions:
     cam_nifti: bool = False
     regions: Path | None = None
     regions_of: str = "flagged"
+    report_all: bool = False
     region_options: RegionOptions = field(default_factory=RegionOptions)
     region_formats: tuple[str, ...] = FORMATS
     batch_size: int = 16
@@ -117,7 +121,17 @@ class ScoreOptions:
         """Whether the decoding workers read every image in full: when reduction is off, or
         every analysed image gets files. Otherwise they decode reduced, and the few images
         that get files (the flagged ones, for ``--regions``) are read again in full."""
-        return not self.reduce or self.cams is not None or (self.regions is not None and self.regions_of == "all")
+        every_image = self.regions_of == "all" or (self.report_all and "sr" in self.region_formats)
+        return not self.reduce or self.cams is not None or (self.regions is not None and every_image)
+
+    def formats_for(self, flagged: bool) -> tuple[str, ...]:
+        """The region formats one analysed image gets: every one for a flagged image (or with
+        ``regions_of="all"``), else only the SR with ``report_all``, else none."""
+        if self.regions is None:
+            return ()
+        if self.regions_of == "all" or flagged:
+            return self.region_formats
+        return ("sr",) if self.report_all and "sr" in self.region_formats else ()
 
     @property
     def needs_maps(self) -> bool:

@@ -66,10 +66,11 @@ def write_outputs(prediction: Prediction, path: str, options: ScoreOptions, cam_
             columns.update(files)
         except Exception as err:  # any failure to write is this image's, reported in its row
             problems.append(f"CAM files: {_describe(err)}")
-    if options.regions is not None and (options.regions_of == "all" or prediction.flagged):
+    formats = options.formats_for(prediction.flagged)
+    if options.regions is not None and formats:
         try:
             regions = find_regions(prediction, cam_class, options.region_options)
-            result = export_regions(prediction, regions, options.regions, options.region_formats, name=name)
+            result = export_regions(prediction, regions, options.regions, formats, name=name)
             columns["regions"] = str(len(regions))
             columns["exports"] = ";".join(str(p) for p in result.files.values())
             columns["not_exported"] = "; ".join(f"{fmt}: {why}" for fmt, why in result.skipped.items())
