@@ -156,6 +156,7 @@ class Node:
                                report_all=True, batch_size=self.options.batch_size, workers=0, progress=False,
                                ignore_intended_use=self.options.ignore_intended_use)
         start = time.perf_counter()
+        log.info("scoring series %s (%d instances)", series.key, len(series.files))
         summary = score([series.folder], self.classifier, options)
         done: list[Path] = []
         failed: list[Path] = []
@@ -169,7 +170,7 @@ class Node:
         self.spool.finish(series, done, failed)
         self.scored += summary.scored
         if summary.scored:
-            log.info("series %s: %d images scored (%d not analysed, %d errors) in %.1f s; %d results queued",
+            log.info("series %s: %d image(s) scored (%d not analysed, %d errors) in %.1f s; %d result(s) queued",
                      series.key, summary.scored, summary.refused, summary.errors, time.perf_counter() - start,
                      len(queued))
         if queued and self.sender is not None:
