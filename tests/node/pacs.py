@@ -15,21 +15,27 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 __all__ = ["DEFAULT_MODALITIES", "DICOMWEB_PLUGIN", "ORTHANC", "HttpReply", "Netns", "Orthanc", "PacsError",
            "pacs_unavailable"]
+
+T = TypeVar("T")
+_CLONE_NEWNET = 0x40000000
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -50,6 +56,11 @@ except urllib.error.HTTPError as err:
     status, headers, body = err.code, dict(err.headers), err.read()
 json.dump({"status": status, "headers": headers, "body": base64.b64encode(body).decode()}, sys.stdout)
 """
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 class PacsError(RuntimeError):
@@ -100,7 +111,8 @@ class Netns:
     """A private network namespace with only loopback up, held open by a ``sleep`` process.
 
     ``run`` and ``popen`` start commands inside it (``nsenter -t PID -n``); ``close`` kills the
-    holder and every process still in the namespace. Use it as a context manager.
+    holder and every process still in the namespace; ``call`` runs a function of this process
+    inside it. Use it as a context manager.
     """
 
     def __init__(self) -> None:
@@ -134,6 +146,32 @@ class Netns:
         process = subprocess.Popen(self.argv(argv), **kw)
         self._children.append(process)
         return process
+
+    def call(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``function(*args, **kwargs)`` in this process, on a thread that has joined the namespace.
+
+        ``setns`` moves only the calling thread, so the sockets ``function`` opens are the
+        namespace's and the rest of the process stays where it was; the thread ends with the call.
+        Its result is returned and its exception raised here.
+        """
+        outcome: dict[str, Any] = {}
+
+        def inside() -> None:
+            try:
+                with open(f"/proc/{self.pid}/ns/net", "rb") as ns:
+                    if _libc().setns(ns.fileno(), _CLONE_NEWNET) != 0:
+                        raise PacsError(f"setns into the namespace of {self.pid} failed: "
+                                        f"{os.strerror(ctypes.get_errno())}")
+                outcome["result"] = function(*args, **kwargs)
+            except BaseException as err:
+                outcome["error"] = err
+
+        thread = threading.Thread(target=inside, name=f"netns-{self.pid}")
+        thread.start()
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return cast(T, outcome["result"])
 
     def request(self, method: str, url: str, data: bytes | None = None, *,
                 content_type: str = "application/json", timeout: float = 30.0) -> HttpReply:
@@ -309,7 +347,11 @@ class Orthanc:
 
     def store_with_storescu(self, paths: Sequence[Path], *, aet: str = "MEDCAM", port: int | None = None,
                             timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        """Send files with dcmtk's ``storescu`` (C-STORE) from inside the namespace; fails on any refusal."""
+        """Send files with dcmtk's ``storescu`` (C-STORE) from inside the namespace; fails on any refusal.
+
+        storescu proposes uncompressed transfer syntaxes and cannot decode JPEG-LS or JPEG 2000:
+        store such files with :meth:`upload`, which keeps them as they are.
+        """
         done = self.netns.run(["storescu", "-aet", aet, "-aec", self.aet, "127.0.0.1",
                                str(port or self.dicom_port), *map(str, paths)],
                               capture_output=True, text=True, timeout=timeout)

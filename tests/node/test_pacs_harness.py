@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,3 +60,18 @@ def test_a_failed_start_says_why_with_the_orthanc_log(pacs_namespace: Netns, tmp
     with pytest.raises(PacsError, match=r"(?s)Orthanc exited with status .*orthanc\.log:.*Orthanc version"):
         Orthanc(tmp_path, pacs_namespace, modalities={"medcam": ["MEDCAM", "127.0.0.1", "not a port"]},
                 timeout=20)
+
+
+@pytest.mark.slow
+def test_call_runs_a_function_of_this_process_inside_the_namespace(orthanc: Orthanc) -> None:
+    import urllib.request
+
+    def system() -> dict[str, object]:
+        with urllib.request.urlopen(f"{orthanc.url}/system", timeout=10) as answer:
+            return dict(json.load(answer))
+
+    assert orthanc.netns.call(system)["DicomAet"] == "ORTHANC"
+    with pytest.raises(OSError):  # this thread stays outside: nothing listens on 8042 here
+        system()
+    with pytest.raises(ZeroDivisionError):  # the function's exception is raised here
+        orthanc.netns.call(lambda: 1 / 0)
