@@ -59,7 +59,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     import torch
 
-    from medcam.commands import exit_status, score
+    from medcam.commands import score
     from medcam.scoring import ScoreOptions, default_workers
 
     if args.threads and args.engine == "local":
@@ -70,9 +70,9 @@ def _score(args: argparse.Namespace) -> int:
                            cam_class=args.cam_class, batch_size=args.batch_size,
                            workers=default_workers() if args.workers is None else args.workers, voi=_voi(args),
                            reduce=not args.full_decode, ignore_intended_use=args.ignore_intended_use)
-    summary = score.main(args.inputs, args.model, options, device=args.device, engine=args.engine,
-                         ray_address=args.ray_address, actors=args.actors)
-    return exit_status(summary)
+    return score.main(args.inputs, args.model, options, device=args.device, engine=args.engine,
+                      ray_address=args.ray_address, actors=args.actors, study=args.study, since=args.since,
+                      stow_url=args.stow)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -244,8 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "RESULTS.studies.csv (one row per study, highest probability first) and "
                        "RESULTS.skipped.csv (files passed over, with the reason). Exit status: 0 every input "
                        "analysed, 3 some inputs not analysed or failed (their rows say why), 1 fatal, "
-                       "130 interrupted.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
+                       "130 interrupted. An INPUT dicomweb:URL is an archive's DICOMweb service: its chest "
+                       "radiographs are fetched into RESULTS.dicomweb/ (resumed too) and scored.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="files, folders, or dicomweb:URL (e.g. dicomweb:http://pacs:8042/dicom-web)")
+    p.add_argument("--study", metavar="UID", help="fetch only this study from the dicomweb: input")
+    p.add_argument("--since", metavar="YYYYMMDD", help="fetch the studies of this date or later from the dicomweb: "
+                   "input (default: every study)")
+    p.add_argument("--stow", metavar="URL", help="after scoring, store the DICOM results of --regions (sr, seg, sc, "
+                   "gsps) at this DICOMweb base URL by STOW-RS; a rerun stores only what is new")
     p.add_argument("--out", required=True, metavar="RESULTS.csv", help="results CSV (resumed if it exists)")
     p.add_argument("--cams", metavar="DIR", help="also write each image's CAM overlay and raw map here")
     p.add_argument("--regions", metavar="DIR",
