@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -205,11 +205,11 @@ def fetch_instances(url: str, folder: Path, *, study: str | None = None, since: 
     for leftover in folder.rglob(".*.tmp"):  # temporary files of a run that was killed (see atomic_open)
         leftover.unlink(missing_ok=True)
     if study is not None:
-        studies: Iterable[str] = [study]
-    else:
+        studies = [study]
+    else:  # listed in full first: pages by offset would shift as studies arrive during the fetch
         filters = {"StudyDate": f"{since}-"} if since else None
-        studies = (_value(item, _STUDY) for item in _search(client.search_for_studies, f"the studies of {url}",
-                                                             search_filters=filters))
+        studies = [_value(item, _STUDY) for item in _search(client.search_for_studies, f"the studies of {url}",
+                                                             search_filters=filters)]
     for study_uid in studies:
         try:
             instances = list(_search(client.search_for_instances, f"study {study_uid} of {url}",
