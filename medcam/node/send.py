@@ -15,6 +15,7 @@ one copy.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -170,7 +171,10 @@ class StowDestination:
         import requests
         from dicomweb_client.api import DICOMwebClient
 
-        client = DICOMwebClient(self.url)
+        session = requests.Session()
+        session.request = functools.partial(session.request, timeout=self.timeout)  # type: ignore[method-assign]
+        client = DICOMwebClient(self.url, session=session)
+        client.set_http_retry_params(retry=False)  # the Sender retries, with its own backoff
         outcomes = []
         for path in paths:
             try:

@@ -19,6 +19,8 @@ from typing import Any
 import pydicom
 import pytest
 
+from medcam.node.send import StowDestination
+
 from .pacs import Netns, Orthanc
 from .peers import radiographs
 
@@ -124,3 +126,17 @@ def test_kill_9_while_scoring_then_a_restart_stores_each_report_once(orthanc: Or
                                                                   for p in images)
     assert orthanc.count_instances() == 4
     assert not list((spool / "outbox").iterdir()) and not list((spool / "incoming").iterdir())
+
+
+def test_stow_rs_to_orthanc_stores_once_and_says_what_failed(orthanc: Orthanc, tmp_path: Path) -> None:
+    images = radiographs(tmp_path / "results", 2)
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"DICM" * 10)
+    stow = StowDestination(orthanc.dicomweb, timeout=30)
+    outcomes = orthanc.netns.call(stow.send, [*images, broken])
+    assert [o.kind for o in outcomes] == ["stored", "stored", "rejected"]
+    assert "cannot be read" in outcomes[2].reason
+    again = orthanc.netns.call(stow.send, images)  # a result sent twice: the archive keeps one
+    assert [o.kind for o in again] == ["stored", "stored"] and orthanc.count_instances() == 2
+    nobody = StowDestination("http://127.0.0.1:9/dicom-web", timeout=5)  # nothing listens there
+    assert [o.kind for o in orthanc.netns.call(nobody.send, images[:1])] == ["retry"]
