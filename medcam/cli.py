@@ -69,7 +69,8 @@ def _score(args: argparse.Namespace) -> int:
                            region_formats=tuple(args.formats.split(",")), region_options=_region_options(args),
                            cam_class=args.cam_class, batch_size=args.batch_size,
                            workers=default_workers() if args.workers is None else args.workers, voi=_voi(args),
-                           reduce=not args.full_decode, ignore_intended_use=args.ignore_intended_use)
+                           reduce=not args.full_decode, ignore_intended_use=args.ignore_intended_use,
+                           report_all=args.report_all)
     return score.main(args.inputs, args.model, options, device=args.device, engine=args.engine,
                       ray_address=args.ray_address, actors=args.actors, study=args.study, since=args.since,
                       stow_url=args.stow)
@@ -262,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: seg,sc,sr,nifti,png,json)")
     p.add_argument("--class", dest="cam_class", help="class whose map is overlaid and gives the regions, any case "
                    "(default: the positive class)")
+    p.add_argument("--report-all", action="store_true",
+                   help="with --regions and sr among --formats: the SR of every analysed image, not only of flagged "
+                        "ones, so that the archive holds a result for each (the other formats stay for flagged images)")
     _add_regions(p)
     _add_model(p)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")

@@ -230,3 +230,26 @@ def test_a_destination_that_does_not_answer_means_retry(tmp_path: Path) -> None:
     outcomes = nobody.send(spool.waiting())
     assert [o.kind for o in outcomes] == ["rejected", "retry"]
     assert "did not answer" in outcomes[1].reason
+
+
+def test_report_all_gives_every_analysed_image_its_sr_and_nothing_else(tmp_path: Path) -> None:
+    import torch
+
+    from medcam.config import ModelConfig, PreprocessConfig
+    from medcam.models import build_network, save_checkpoint
+    from medcam.scoring import ScoreOptions, score
+
+    torch.manual_seed(0)
+    never = tmp_path / "never-flags.pt"  # threshold above any probability: no image is flagged
+    save_checkpoint(never, build_network(ModelConfig()).eval(), ModelConfig(), PreprocessConfig(size=64),
+                    trained=False, threshold=1.01)
+    radiographs(tmp_path / "in", 2)
+    for report_all, expected in ((False, []), (True, ["sr", "sr"])):
+        out = tmp_path / f"report_all={report_all}"
+        options = ScoreOptions(out=out / "r.csv", regions=out / "files", region_formats=("sr", "seg", "gsps"),
+                               report_all=report_all, workers=0, progress=False)
+        score([tmp_path / "in"], Classifier(str(never)), options)
+        rows = list(read_results(out / "r.csv"))
+        assert [r["flagged"] for r in rows] == ["false", "false"] and {r["status"] for r in rows} == {"ok"}
+        written = sorted(p.name.rsplit("_", 1)[1].removesuffix(".dcm") for p in (out / "files").glob("*.dcm"))
+        assert written == expected
