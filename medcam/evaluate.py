@@ -149,7 +149,7 @@ def evaluate(classifier: Classifier, data: str | Path, out: str | Path, *, batch
     if ood and classifier.ood is not None:
         metrics["ood_refused"] = float(np.mean(np.array(ood) > classifier.ood.threshold))
     metrics.update({"model": ckpt.model_id, "data": str(data), "positive_class": ckpt.model.positive_class,
-                    "temperature": ckpt.temperature, "command": command})
+                    "temperature": ckpt.temperature, "class_bias": ckpt.class_bias, "command": command})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_predictions(out / "predictions.csv", samples, probs, labels)
     _plot_roc(out / "roc.png", probs, labels, metrics)

@@ -65,6 +65,24 @@ def _tables(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _calibration(ckpt: Checkpoint) -> str:
+    """How the probabilities are calibrated, and on what."""
+    bias = ckpt.class_bias
+    if bias is None:
+        text = f"one temperature for all populations, T = {ckpt.temperature:.3f}"
+    else:
+        shifts = ", ".join(f"{name} {b:+.3f}" for name, b in zip(ckpt.model.classes, bias, strict=True))
+        text = (f"one map for all populations, p = softmax(logits / T + b) (Platt scaling), T = "
+                f"{ckpt.temperature:.3f}, b: {shifts}")
+    record = ckpt.metadata.get("calibration")
+    if not record:
+        return f"{text}, fitted on the validation split."
+    replaced = record.get("replaced", {})
+    return (f"{text}, fitted on the validation split ({record.get('n')} images, every population weighing the same) "
+            f"after training, as served (float16 weights); it replaced T = {float(replaced.get('temperature', 1)):.3f}"
+            f" and threshold {float(replaced.get('threshold', 0)):.3f}.")
+
+
 def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *, notes: str = "") -> str:
     """The model card of ``ckpt`` as markdown.
 
@@ -78,6 +96,7 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
     config = meta.get("config", {})
     train_cfg = config.get("train", {})
     versions = meta.get("versions", {})
+    sensitivity = (meta.get("calibration") or {}).get("target_sensitivity", train_cfg.get("target_sensitivity", "n/a"))
     use = meta.get("intended_use") or {}
     ood = meta.get("ood") or {}
     config_path = meta.get("config_path") or "<config.yaml>"
@@ -99,10 +118,9 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
         f"- Input: {ckpt.preprocess.size}x{ckpt.preprocess.size}, resize `{ckpt.preprocess.resize}`, "
         f"intensity `{ckpt.preprocess.intensity}` after the medcam display pipeline; class activation maps on a "
         f"{ckpt.preprocess.size // 32}x{ckpt.preprocess.size // 32} grid from the same forward pass.",
-        f"- Calibration: one temperature for all populations, fitted on the validation split, "
-        f"T = {ckpt.temperature:.3f}.",
+        f"- Calibration: {_calibration(ckpt)}",
         f"- Operating point: PNEUMONIA flagged at calibrated p >= {ckpt.threshold:.3f}, the highest threshold with "
-        f"sensitivity >= {train_cfg.get('target_sensitivity', 'n/a')} in every population's validation split.",
+        f"sensitivity >= {sensitivity} in every population's validation split.",
         f"- Weights stored as float16; medcam {versions.get('medcam', '?')}, torch {versions.get('torch', '?')}, "
         f"MONAI {versions.get('monai', '?')}.",
         "",
@@ -152,7 +170,7 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
         "",
         *_tables(metrics),
         "AUROC CIs: percentile bootstrap over patients (2,000 resamples); sensitivity/specificity CIs: Wilson.",
-        "The validation split also chose the best epoch, the temperature and the threshold, so its figures are",
+        "The validation split also chose the best epoch, the calibration and the threshold, so its figures are",
         "optimistic; the test split was used for nothing but these tables. Pointing game: the pneumonia map's",
         "maximum inside a reference box (5% tolerance), on the images of the split that have boxes.",
         "",

@@ -19,12 +19,13 @@ radiologist sees.
 
 **The calibrated map** of class ``k`` at source pixel ``x`` is
 
-    P_k(x) = softmax_k(M(x) / T)
+    P_k(x) = softmax_k(M(x) / T + b)
 
-where ``M(x)`` are the raw maps of every class at ``x`` (logit units) and ``T`` the model's
-calibration temperature. A single-pass CAM's spatial mean is the logit, so ``P_k(x)`` is the
-calibrated probability the model would give class ``k`` if every position of its feature
-grid looked like ``x``; for two classes it is ``sigmoid((M_k(x) - M_j(x)) / T)``.
+where ``M(x)`` are the raw maps of every class at ``x`` (logit units) and ``T`` and ``b`` the
+model's calibration temperature and per-class bias (``b = 0`` without one; see
+:mod:`medcam.calibration`). A single-pass CAM's spatial mean is the logit, so ``P_k(x)`` is
+the calibrated probability the model would give class ``k`` if every position of its feature
+grid looked like ``x``; for two classes it is ``sigmoid((M_k(x) - M_j(x)) / T + b_k - b_j)``.
 
 **Smoothing** (optional): a Gaussian of standard deviation :attr:`RegionOptions.smoothing`
 in mm (converted per axis with the pixel spacing), or in pixels when the spacing is unknown,
@@ -287,9 +288,9 @@ class RegionSet:
 
 
 def calibrated_map(prediction: Prediction, class_name: str) -> np.ndarray:
-    """The calibrated map ``softmax_k(M(x) / T)`` of ``class_name``, float32 ``(rows, cols)``."""
+    """The calibrated map ``softmax_k(M(x) / T + b)`` of ``class_name``, float32 ``(rows, cols)``."""
     index = prediction.classes.index(resolve_class(prediction.classes, class_name))
-    probs = torch.softmax(prediction.maps.float() / prediction.temperature, dim=0)[index]
+    probs = prediction.calibration(prediction.maps.float(), dim=0)[index]
     return probs.numpy().astype(np.float32)
 
 

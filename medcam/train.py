@@ -9,8 +9,10 @@ every population's validation split.
 The run folder receives ``train.csv``/``val.csv``/``test.csv`` (the patient-disjoint split),
 ``last.pt`` (the full training state, written atomically after every epoch; a new run with
 the same folder resumes from it, and only ``train.epochs`` may differ), ``best.pt`` (the
-best-AUROC model as a medcam checkpoint, calibrated by temperature scaling on the validation
-split, with its operating threshold and metadata) and ``history.json``.
+best-AUROC model as a medcam checkpoint, calibrated on the validation split by Platt scaling
+with every population weighing the same, with its operating threshold and metadata) and
+``history.json``. :func:`recalibrate` refits the calibration and threshold of an existing
+checkpoint on labelled validation data.
 """
 
 from __future__ import annotations
@@ -37,15 +39,15 @@ from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
 import medcam
-from medcam.calibration import expected_calibration_error, fit_temperature, screening_threshold
+from medcam.calibration import Calibration, fit_operating_point
 from medcam.commands.gate import fit_ood_on
 from medcam.config import Config
 from medcam.data import Sample, data_hash, read_samples, split_by_patient, write_samples
 from medcam.errors import ConfigError
 from medcam.files import atomic_open
-from medcam.gate import IntendedUse, write_intended_use, write_ood
+from medcam.gate import IntendedUse, collect_features, write_intended_use, write_ood
 from medcam.io import load_image
-from medcam.models.checkpoint import load_checkpoint, save_checkpoint
+from medcam.models.checkpoint import load_checkpoint, resave_checkpoint, save_checkpoint
 from medcam.models.networks import build_network
 from medcam.models.predictor import Classifier
 from medcam.models.preprocess import resize, standardise
@@ -291,24 +293,13 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
     model.load_state_dict(torch.load(out / "best_weights.pt", weights_only=True)["model"])
     # calibrate in float32, as the model is served, so that the threshold holds at inference
     logits, labels = _evaluate(model, val_loader, config, bf16=False)
-    temperature = fit_temperature(logits, labels)
-    probs = torch.softmax(torch.from_numpy(logits) / temperature, -1)[:, positive].numpy()
-    # one threshold for everyone: the lowest of the populations' screening thresholds
-    threshold = min(
-        screening_threshold(probs[val_populations == name], labels[val_populations == name] == positive,
-                            config.train.target_sensitivity)
-        for name in dict.fromkeys(val_populations.tolist()))
-    calibration = {
-        str(name): {"ece": expected_calibration_error(probs[val_populations == name],
-                                                      labels[val_populations == name] == positive),
-                    "sensitivity": float(np.mean(probs[(val_populations == name) & (labels == positive)] >= threshold)),
-                    "specificity": float(np.mean(probs[(val_populations == name) & (labels != positive)] < threshold))}
-        for name in dict.fromkeys(val_populations.tolist())}
+    point = fit_operating_point(logits, labels, val_populations, positive, config.train.target_sensitivity)
     best = out / "best.pt"
     model_id = save_checkpoint(
         best, model.to(memory_format=torch.contiguous_format),  # type: ignore[call-overload]
         config.model, config.preprocess,
-        temperature=temperature, threshold=threshold, trained=True, half=True,
+        temperature=point.calibration.temperature, class_bias=point.calibration.bias,
+        threshold=point.threshold, trained=True, half=True,
         extra={
             "config": config.to_dict(),
             "config_path": _relative(config.path),
@@ -319,17 +310,71 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
                      "n_patients": len({s.patient_id for s in samples})},
             "training": {"best_epoch": best_epoch + 1, "epochs_run": len(history),
                          "val_auroc": best_auc, "seconds": time.time() - started,
-                         "init_model_id": config.train.init_model_id, "validation": calibration,
+                         "init_model_id": config.train.init_model_id, "validation": point.populations,
                          "history": history, "device": platform.processor() or platform.machine(),
                          "threads": torch.get_num_threads()},
             "versions": {"medcam": medcam.__version__, "torch": torch.__version__,
                          "monai": monai.__version__, "python": platform.python_version()},
         },
     )
-    log(f"best epoch {best_epoch + 1}: validation AUROC {best_auc:.4f}; temperature {temperature:.3f}, "
-        f"threshold {threshold:.3f} (sensitivity >= {config.train.target_sensitivity}); {best} = {model_id}")
+    log(f"best epoch {best_epoch + 1}: validation AUROC {best_auc:.4f}; {_describe(point.calibration)}, "
+        f"threshold {point.threshold:.3f} (sensitivity >= {config.train.target_sensitivity}); {best} = {model_id}")
     write_intended_use(best, IntendedUse.from_dict(config.intended_use))
     stats = fit_ood_on(Classifier(str(best)), out / "train.csv", out / "val.csv", log=log)
     log(f"{best} = {write_ood(best, stats)}, with its intended use and image-gate statistics")
     return best
 
+
+
+def _describe(calibration: Calibration) -> str:
+    bias = "" if calibration.bias is None else f", class bias {', '.join(f'{b:+.3f}' for b in calibration.bias)}"
+    return f"temperature {calibration.temperature:.3f}{bias}"
+
+
+def recalibrate(model: str | Path, data: str | Path, *, out: str | Path, sensitivity: float | None = None,
+                bias: bool = True, batch_size: int = 16, log: Any = print) -> str:
+    """Refit a checkpoint's calibration and operating threshold on labelled validation data.
+
+    As :func:`train` does at its end (:func:`~medcam.calibration.fit_operating_point`), but on
+    the checkpoint as it is served (float16 weights, the scoring pipeline's decoding); the
+    weights and every other metadata entry are kept, and the ``calibration`` entry records the
+    data, the map and threshold replaced, and the per-population figures. Returns the model id
+    of the checkpoint written to ``out``.
+
+    Args:
+        model: the checkpoint, or ``"bundled"``.
+        data: labelled images (CSV with a ``population`` column, as ``medcam train`` writes
+            its ``val.csv``); never the test split.
+        sensitivity: reached in every population; by default the training config's.
+        bias: Platt scaling (temperature and class bias); False fits a temperature alone.
+
+    Raises:
+        ValueError: no ``sensitivity`` is given and the checkpoint's config names none.
+    """
+    classifier = Classifier(str(model))
+    ckpt = classifier.checkpoint
+    if sensitivity is None:
+        sensitivity = ckpt.metadata.get("config", {}).get("train", {}).get("target_sensitivity")
+        if sensitivity is None:
+            raise ValueError(f"{ckpt.path}: its metadata names no target sensitivity; give sensitivity=")
+    samples = read_samples(data, ckpt.model.classes)
+    found = collect_features(classifier, [s.path for s in samples], batch_size=batch_size)
+    for path, reason in found.failures:
+        log(f"{path}: left out of the calibration ({reason})")
+    kept = [samples[i] for i in found.kept]
+    assert found.logits is not None
+    positive = ckpt.model.classes.index(ckpt.model.positive_class)
+    point = fit_operating_point(found.logits.double().numpy(), np.array([s.label for s in kept]),
+                                np.array([s.population or "all" for s in kept]), positive, sensitivity, bias=bias)
+    for name, figures in point.populations.items():
+        log(f"{name}: n={figures['n']}, ECE {figures['ece']:.3f}, sensitivity {figures['sensitivity']:.3f}, "
+            f"specificity {figures['specificity']:.3f}")
+    record = {"data": str(data), "sha256": data_hash(kept), "n": len(kept), "populations_weighted_equally": True,
+              "target_sensitivity": float(sensitivity), "validation": point.populations,
+              "replaced": {"model_id": ckpt.model_id, "temperature": ckpt.temperature,
+                           "class_bias": ckpt.class_bias, "threshold": ckpt.threshold}}
+    model_id = resave_checkpoint(model, out=out, updates={"calibration": record}, calibration=point.calibration,
+                                 threshold=point.threshold)
+    log(f"{_describe(point.calibration)}, threshold {point.threshold:.4f} (sensitivity >= {sensitivity} in every "
+        f"population); {out} = {model_id}")
+    return model_id

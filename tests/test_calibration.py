@@ -1,20 +1,88 @@
-"""Temperature scaling, the screening threshold, ECE and the evaluation metrics."""
+"""Calibration maps, the screening threshold, ECE and the evaluation metrics."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from medcam.calibration import expected_calibration_error, fit_temperature, screening_threshold
+from medcam.calibration import (
+    Calibration,
+    expected_calibration_error,
+    fit_calibration,
+    fit_operating_point,
+    screening_threshold,
+)
 from medcam.evaluate import evaluate_scores
 
 
+def _cases(n: int, scale: float, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two-class logits whose true probability is ``sigmoid((l_1 - l_0) / scale + shift)``."""
+    rng = np.random.default_rng(seed)
+    true_logit = rng.normal(0, 2, n)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    margin = scale * (true_logit - shift)
+    return np.stack([np.zeros(n), margin], axis=1), labels
+
+
 def test_temperature_recovers_the_scale_of_overconfident_logits() -> None:
-    rng = np.random.default_rng(0)
-    true_logit = rng.normal(0, 2, 4000)
-    labels = (rng.random(4000) < 1 / (1 + np.exp(-true_logit))).astype(int)
-    logits = np.stack([np.zeros_like(true_logit), 3 * true_logit], axis=1)  # 3x overconfident
-    assert fit_temperature(logits, labels) == pytest.approx(3.0, rel=0.1)
+    logits, labels = _cases(4000, scale=3.0, shift=0.0, seed=0)  # 3x overconfident
+    fitted = fit_calibration(logits, labels, bias=False)
+    assert fitted.temperature == pytest.approx(3.0, rel=0.1) and fitted.bias is None
+
+
+def test_platt_scaling_recovers_scale_and_bias() -> None:
+    logits, labels = _cases(8000, scale=3.0, shift=0.8, seed=1)
+    fitted = fit_calibration(logits, labels)
+    assert fitted.temperature == pytest.approx(3.0, rel=0.1)
+    assert fitted.bias is not None and fitted.bias[0] == 0.0
+    assert fitted.bias[1] == pytest.approx(0.8, abs=0.15)
+    no_bias = fit_calibration(logits, labels, bias=False)
+    p_platt = fitted(torch.as_tensor(logits))[:, 1].numpy()
+    p_temp = no_bias(torch.as_tensor(logits))[:, 1].numpy()
+    assert expected_calibration_error(p_platt, labels) < expected_calibration_error(p_temp, labels)
+
+
+def test_populations_weigh_the_same_whatever_their_size() -> None:
+    big, big_labels = _cases(5000, scale=1.0, shift=0.0, seed=2)
+    small, small_labels = _cases(250, scale=4.0, shift=0.0, seed=3)
+    logits, labels = np.concatenate([big, small]), np.concatenate([big_labels, small_labels])
+    groups = np.array(["big"] * 5000 + ["small"] * 250)
+    pooled = fit_calibration(logits, labels, bias=False).temperature
+    balanced = fit_calibration(logits, labels, groups, bias=False).temperature
+    assert pooled < 1.3, "the pooled fit follows the large population"
+    assert balanced > pooled + 0.5, "the balanced fit moves towards the small one"
+
+
+def test_calibration_applies_temperature_and_bias_along_the_class_axis() -> None:
+    calibration = Calibration(temperature=2.0, bias=(0.0, 1.0))
+    logits = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    expected = torch.sigmoid(torch.tensor([2.0 / 2 + 1, -2.0 / 2 + 1]))
+    assert torch.allclose(calibration(logits)[:, 1], expected)
+    maps = logits.T[:, :, None].expand(2, 2, 3)  # classes first, as maps are (K, rows, cols)
+    assert torch.allclose(calibration(maps, dim=0)[1, :, 0], expected)
+    assert torch.allclose(Calibration(2.0)(logits), torch.softmax(logits / 2, -1))
+    with pytest.raises(ValueError, match="bias has 3 values but the logits 2 classes"):
+        Calibration(bias=(0.0, 1.0, 2.0))(logits)
+    with pytest.raises(ValueError, match="temperature must be a positive number"):
+        Calibration(temperature=0.0)
+    with pytest.raises(ValueError, match="finite"):
+        Calibration(bias=(0.0, float("nan")))
+
+
+def test_operating_point_reaches_the_sensitivity_in_every_population_and_keeps_the_flags() -> None:
+    a, a_labels = _cases(600, scale=0.5, shift=-0.8, seed=4)
+    b, b_labels = _cases(80, scale=1.0, shift=0.0, seed=5)
+    logits, labels = np.concatenate([a, b]), np.concatenate([a_labels, b_labels])
+    groups = np.array(["a"] * 600 + ["b"] * 80)
+    platt = fit_operating_point(logits, labels, groups, positive=1, sensitivity=0.9)
+    temperature = fit_operating_point(logits, labels, groups, positive=1, sensitivity=0.9, bias=False)
+    for name, mask in (("a", groups == "a"), ("b", groups == "b")):
+        assert platt.populations[name]["sensitivity"] >= 0.9
+        assert platt.populations[name]["n"] == mask.sum()
+    flags = [point.calibration(torch.as_tensor(logits))[:, 1].numpy() >= point.threshold
+             for point in (platt, temperature)]
+    assert np.array_equal(flags[0], flags[1]), "a monotone map of the margin keeps the same cases flagged"
 
 
 def test_screening_threshold_reaches_the_sensitivity() -> None:

@@ -7,6 +7,7 @@ highdicom and checked with dciodvfy when it is installed.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import shutil
 from pathlib import Path
@@ -212,3 +213,18 @@ def test_a_source_highdicom_refuses_is_that_formats_error(tmp_path: Path) -> Non
     assert set(result.errors) == {"sr"}
     assert result.errors["sr"].startswith("the SR was refused:") and "modality" in result.errors["sr"].lower()
     assert set(result.files) == {"mask_png", "overlay_png", "csv"}
+
+
+def test_sr_names_the_calibration_bias_when_the_model_has_one(tmp_path: Path) -> None:
+    image = _load(RG1)
+    prediction = dataclasses.replace(_prediction(image), temperature=0.8, class_bias=(0.0, 0.5))
+    assert ModelInfo.of(prediction).class_bias == (0.0, 0.5)
+    result = export_regions(prediction, find_regions(prediction, "pneumonia"), tmp_path / "analysed", ("sr",))
+    assert not result.errors, result.errors
+    (group,) = hd.sr.srread(result.files["sr"]).content.get_image_measurement_groups()
+    assert {"temperature=0.8", "class_bias=0,0.5"} <= set(_texts(group, "111002")["111002"])
+    model = ModelInfo("synthetic-000000000000", threshold=0.45, temperature=0.8, class_bias=(0.0, 0.5))
+    refused = hd.sr.srread(write_not_analysed_sr(image, "a lateral view", model, tmp_path / "refused"))
+    (group,) = refused.content.get_image_measurement_groups()
+    assert "class_bias=0,0.5" in _texts(group, "111002")["111002"]
+    assert "class_bias" not in " ".join(ModelInfo("m", temperature=1.0).parameters())

@@ -102,6 +102,8 @@ def test_intended_use_is_written_into_the_checkpoint_and_the_rest_kept(
                                                    after.network.state_dict().values(), strict=True))
     with pytest.raises(CheckpointError, match="does not change threshold"):
         update_checkpoint(out, {"threshold": 0.1})
+    with pytest.raises(CheckpointError, match="does not change class_bias"):
+        update_checkpoint(out, {"class_bias": [0.0, 1.0]})
     with pytest.raises(CheckpointError, match="give out="):
         write_intended_use("bundled", ADULT)
 
@@ -112,6 +114,9 @@ def test_bundled_weights_stay_float16_when_metadata_is_added(tmp_path: Path) -> 
     state = torch.load(out, weights_only=True)["state_dict"]
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
     assert read_intended_use(load_checkpoint(out)) == ADULT
+    bundled = load_checkpoint("bundled")
+    assert (load_checkpoint(out).calibration, load_checkpoint(out).threshold) == (bundled.calibration,
+                                                                                  bundled.threshold)
 
 
 def test_malformed_intended_use_in_a_checkpoint_is_named(tiny_checkpoint: Path, tmp_path: Path) -> None:

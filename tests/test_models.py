@@ -16,8 +16,10 @@ from monai.visualize import GradCAM as MonaiGradCAM
 from monai.visualize.visualizer import default_upsampler
 from torch import nn
 
+from medcam.calibration import Calibration
 from medcam.config import ModelConfig, PreprocessConfig
 from medcam.errors import CheckpointError, UnsupportedModelError
+from medcam.io.image import Image
 from medcam.models import (
     CAMMethod,
     Classifier,
@@ -32,6 +34,7 @@ from medcam.models import (
     normalise_maps,
     save_checkpoint,
 )
+from medcam.models.checkpoint import resave_checkpoint
 from medcam.models.grid import resize_to_model
 
 # MONAI's occlusion code indexes with lists, which torch warns about; not ours to fix.
@@ -370,6 +373,65 @@ def test_checkpoint_round_trip_float16(tmp_path: Path, densenet2d: nn.Module) ->
         assert torch.equal(state[key], value.half().float()), key
         # within fp16 rounding: half an ulp (2^-11 relative), or subnormal spacing near 0
         assert torch.all((state[key] - value).abs() <= value.abs() * 2**-11 + 2**-24), key
+
+
+def test_checkpoint_with_a_class_bias_is_format_2_and_calibrates_with_it(
+    tmp_path: Path, densenet2d: nn.Module, rg1: Image
+) -> None:
+    plain, platt = tmp_path / "plain.pt", tmp_path / "platt.pt"
+    save_checkpoint(plain, densenet2d, MODEL, PREPROCESS, temperature=1.5)
+    save_checkpoint(platt, densenet2d, MODEL, PREPROCESS, temperature=1.5, class_bias=(0.0, 0.7))
+    assert torch.load(plain, weights_only=True)["format_version"] == 1, "older medcam still reads it"
+    assert torch.load(platt, weights_only=True)["format_version"] == 2, "older medcam refuses it"
+    assert load_checkpoint(plain).class_bias is None
+    loaded = load_checkpoint(platt)
+    assert loaded.class_bias == (0.0, 0.7) and loaded.temperature == 1.5
+    classifier = Classifier(loaded)
+    x = _images((64, 64), batch=2)
+    logits = classifier.forward(x).logits
+    expected = torch.sigmoid((logits[:, 1] - logits[:, 0]) / 1.5 + 0.7)
+    torch.testing.assert_close(classifier.probabilities(logits)[:, 1], expected)
+    prediction = classifier.classify([rg1])[0]
+    margin = float(prediction.logits[1] - prediction.logits[0])
+    assert prediction.calibration == loaded.calibration
+    assert prediction.positive_probability == pytest.approx(1 / (1 + math.exp(-(margin / 1.5 + 0.7))), abs=1e-6)
+    with pytest.raises(ValueError, match="one value per class"):
+        save_checkpoint(tmp_path / "bad.pt", densenet2d, MODEL, PREPROCESS, class_bias=(0.5,))
+
+
+def test_checkpoint_refuses_a_newer_format_and_a_malformed_bias(tmp_path: Path, densenet2d: nn.Module) -> None:
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, densenet2d, MODEL, PREPROCESS, class_bias=(0.0, 0.2))
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "format_version": 3}, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match="format version 3 is newer"):
+        load_checkpoint(tmp_path / "newer.pt")
+    payload["metadata"]["class_bias"] = [0.0, 0.2, 0.4]
+    torch.save(payload, tmp_path / "three.pt")
+    with pytest.raises(CheckpointError, match="class_bias has 3 values for 2 classes"):
+        load_checkpoint(tmp_path / "three.pt")
+
+
+def test_resave_checkpoint_changes_the_calibration_and_keeps_the_rest(tmp_path: Path, densenet2d: nn.Module) -> None:
+    path, out = tmp_path / "model.pt", tmp_path / "recalibrated.pt"
+    first = save_checkpoint(path, densenet2d, MODEL, PREPROCESS, temperature=0.6, threshold=0.27, half=True,
+                            extra={"training": {"best_epoch": 3}})
+    second = resave_checkpoint(path, out=out, calibration=Calibration(0.8, (0.0, 0.5)), threshold=0.45,
+                               updates={"calibration": {"n": 10}})
+    assert second != first and load_checkpoint(path).model_id == first, "the source is left alone"
+    old, new = load_checkpoint(path), load_checkpoint(out)
+    assert (new.temperature, new.class_bias, new.threshold) == (0.8, (0.0, 0.5), 0.45)
+    assert new.metadata["training"] == {"best_epoch": 3} and new.metadata["calibration"] == {"n": 10}
+    stored = torch.load(out, weights_only=True)["state_dict"]
+    assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point()), "float16 stays"
+    for key, value in old.network.state_dict().items():
+        assert torch.equal(new.network.state_dict()[key], value), key
+    kept = resave_checkpoint(out, out=tmp_path / "kept.pt", updates={"note": 1})
+    assert load_checkpoint(tmp_path / "kept.pt").calibration == Calibration(0.8, (0.0, 0.5)) and kept
+    with pytest.raises(CheckpointError, match="does not change class_bias"):
+        resave_checkpoint(out, out=tmp_path / "x.pt", updates={"class_bias": [0.0, 1.0]})
+    with pytest.raises(CheckpointError, match="give out="):
+        resave_checkpoint("bundled", calibration=Calibration(1.0))
 
 
 class _Arbitrary:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -131,6 +132,10 @@ def test_absolute_rule_thresholds_the_calibrated_probability() -> None:
     assert len(find_regions(prediction, options=RegionOptions(rule="absolute", value=0.75))) == 0
     hotter = _prediction(maps, temperature=4.0)  # sigmoid(0.5) = 0.62 inside: below 0.7
     assert len(find_regions(hotter, options=RegionOptions(rule="absolute", value=0.7))) == 0
+    biased = dataclasses.replace(hotter, class_bias=(0.0, 1.0))  # sigmoid(0.5 + 1) = 0.82 inside
+    assert calibrated_map(biased, "pneumonia")[10, 20] == pytest.approx(1 / (1 + math.exp(-1.5)), abs=1e-6)
+    np.testing.assert_array_equal(find_regions(biased, options=RegionOptions(rule="absolute", value=0.7)).mask,
+                                  inside.numpy())
 
 
 def test_otsu_splits_a_two_level_map() -> None:

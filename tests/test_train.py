@@ -15,8 +15,8 @@ from PIL import Image as PILImage
 from medcam.config import Config, DataConfig, PreprocessConfig, TrainConfig, load_config
 from medcam.data import read_samples, split_by_patient
 from medcam.errors import ConfigError
-from medcam.models import load_checkpoint
-from medcam.train import sampling_weights, train
+from medcam.models import load_checkpoint, save_checkpoint
+from medcam.train import recalibrate, sampling_weights, train
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +161,33 @@ def test_multi_population_run_reports_each_population(toy_csv: Path, tmp_path: P
     assert set(validation) == {"children", "adults"}
     for metrics in validation.values():  # one threshold meets the target in every population
         assert metrics["sensitivity"] >= 0.9
+    assert ckpt.class_bias is not None and ckpt.class_bias[0] == 0.0  # Platt scaling
+
+
+def test_recalibrate_refits_map_and_threshold_on_validation_and_keeps_the_weights(
+    toy_csv: Path, tmp_path: Path
+) -> None:
+    train(_two_populations(toy_csv, tmp_path), tmp_path / "run", log=lambda _: None)
+    best, out = tmp_path / "run" / "best.pt", tmp_path / "recalibrated.pt"
+    lines: list[str] = []
+    model_id = recalibrate(best, tmp_path / "run" / "val.csv", out=out, bias=False, log=lines.append)
+    before, after = load_checkpoint(best), load_checkpoint(out)
+    assert model_id == after.model_id != before.model_id
+    assert after.class_bias is None and after.temperature > 0 and 0 < after.threshold < 1
+    record = after.metadata["calibration"]
+    assert before.class_bias is not None
+    assert record["replaced"] == {"model_id": before.model_id, "temperature": before.temperature,
+                                  "class_bias": list(before.class_bias), "threshold": before.threshold}
+    assert set(record["validation"]) == {"children", "adults"} and record["target_sensitivity"] == 0.9
+    assert all(m["sensitivity"] >= 0.9 for m in record["validation"].values())
+    assert after.metadata["training"] == before.metadata["training"]
+    for key, value in before.network.state_dict().items():
+        assert torch.equal(after.network.state_dict()[key], value), key
+    assert "children: n=" in lines[0] and "threshold" in lines[-1]
+    bare = tmp_path / "bare.pt"  # no training config, hence no target sensitivity
+    save_checkpoint(bare, before.network, before.model, before.preprocess)
+    with pytest.raises(ValueError, match="no target sensitivity"):
+        recalibrate(bare, tmp_path / "run" / "val.csv", out=tmp_path / "x.pt")
 
 
 def test_init_from_checks_the_model_id(toy_csv: Path, tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def write_manifest(path: Path, ckpt: Checkpoint, options: ScoreOptions, command:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"id": ckpt.model_id, "path": ckpt.path, "trained": ckpt.trained,
                   "classes": list(ckpt.model.classes), "positive_class": ckpt.model.positive_class,
-                  "temperature": ckpt.temperature, "threshold": ckpt.threshold,
+                  "temperature": ckpt.temperature, "class_bias": ckpt.class_bias, "threshold": ckpt.threshold,
                   "preprocess": asdict(ckpt.preprocess)},
         "options": json.loads(json.dumps(asdict(options), default=str)),
         "versions": {"medcam": medcam.__version__, "python": platform.python_version()},

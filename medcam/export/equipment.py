@@ -10,7 +10,8 @@ Every derived object (SEG, SC, SR, GSPS) says:
   to the one highdicom adds for itself.
 
 :class:`ModelInfo` is what a report says about the algorithm: the model id, the operating
-threshold, the calibration temperature and the class it screens for.
+threshold, the calibration (temperature and, for Platt scaling, the class bias) and the class
+it screens for.
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ class ModelInfo:
         threshold: the operating threshold on the positive class's probability.
         temperature: the calibration temperature of the probabilities.
         positive_class: the class the model screens for.
+        class_bias: the calibration's per-class bias (Platt scaling), or None.
     """
 
     model_id: str
     threshold: float | None = None
     temperature: float | None = None
     positive_class: str = "PNEUMONIA"
+    class_bias: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_id, str):
@@ -57,7 +60,8 @@ class ModelInfo:
     def of(cls, prediction: Prediction) -> ModelInfo:
         """The model behind ``prediction``."""
         return cls(model_id=prediction.model_id, threshold=prediction.threshold,
-                   temperature=prediction.temperature, positive_class=prediction.positive_class)
+                   temperature=prediction.temperature, positive_class=prediction.positive_class,
+                   class_bias=prediction.class_bias)
 
     @property
     def name(self) -> str:
@@ -71,6 +75,8 @@ class ModelInfo:
             items.append(f"threshold={self.threshold:g}")
         if self.temperature is not None:
             items.append(f"temperature={self.temperature:g}")
+        if self.class_bias is not None:
+            items.append(f"class_bias={','.join(f'{b:g}' for b in self.class_bias)}")
         return items
 
 

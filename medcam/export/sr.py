@@ -21,7 +21,7 @@ the checked header (:func:`~medcam.export.dicom_source.reference_dataset`). Its 
   when the pixel spacing is known;
 - Algorithm Identification (TID 4019) in every group: name ``medcam``, version = the model
   id, family "Artificial Intelligence", parameters ``model=``, ``class=``, ``medcam=``,
-  ``threshold=``, ``temperature=``.
+  ``threshold=``, ``temperature=`` (and ``class_bias=`` when the calibration has one).
 
 A reviewed report (:class:`Review`) adds, per region, the reviewer's decision as a
 qualitative evaluation of the region's finding: accepted = "Present", rejected = "Absent".

@@ -272,26 +272,29 @@ def write_ood(path: str | Path, stats: OODStats, *, out: str | Path | None = Non
 
 @dataclass(frozen=True, eq=False)
 class FeatureSet:
-    """Pooled features of a list of files, and which files could not be read.
+    """Pooled features and logits of a list of files, and which files could not be read.
 
     Attributes:
         features: ``(len(kept), C)`` float32, on the CPU.
         kept: the index in the input list of each row of :attr:`features`.
         failures: ``(path, reason)`` of every file that was refused; the others go on.
+        logits: ``(len(kept), K)`` float32 logits of the same forward pass, on the CPU (what
+            :func:`~medcam.train.recalibrate` fits the calibration on); None when not collected.
     """
 
     features: torch.Tensor
     kept: tuple[int, ...]
     failures: tuple[tuple[str, str], ...] = ()
+    logits: torch.Tensor | None = None
 
 
 def collect_features(classifier: Classifier, paths: Sequence[str | Path], *,
                      batch_size: int = 16) -> FeatureSet:
-    """Pooled features of ``paths``, read and prepared as for scoring, ``batch_size`` at a time.
+    """Pooled features and logits of ``paths``, read and prepared as for scoring, ``batch_size`` at a time.
 
-    For fitting :func:`fit_ood` (training or a ``fit-ood`` command): a file that cannot be
-    read becomes a row of :attr:`FeatureSet.failures` with its reason, and is left out of
-    :attr:`FeatureSet.kept`.
+    For fitting :func:`fit_ood` (training or a ``fit-ood`` command) and the calibration
+    (:func:`~medcam.train.recalibrate`): a file that cannot be read becomes a row of
+    :attr:`FeatureSet.failures` with its reason, and is left out of :attr:`FeatureSet.kept`.
 
     Raises:
         ValueError: ``batch_size`` is below 1.
@@ -301,15 +304,17 @@ def collect_features(classifier: Classifier, paths: Sequence[str | Path], *,
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     config = classifier.checkpoint.preprocess
     chunks: list[torch.Tensor] = []
+    logits: list[torch.Tensor] = []
     kept: list[int] = []
     failures: list[tuple[str, str]] = []
     pending: list[torch.Tensor] = []
 
     def flush() -> None:
-        features = classifier.forward(torch.stack(pending)).features
-        if features is None:
+        output = classifier.forward(torch.stack(pending))
+        if output.features is None:
             raise TypeError(f"{type(classifier.cam).__name__} gives no pooled features")
-        chunks.append(features.float().cpu())
+        chunks.append(output.features.float().cpu())
+        logits.append(output.logits.float().cpu())
         pending.clear()
 
     for index, path in enumerate(paths):
@@ -326,4 +331,5 @@ def collect_features(classifier: Classifier, paths: Sequence[str | Path], *,
         flush()
     dim = chunks[0].shape[1] if chunks else 0
     features = torch.cat(chunks) if chunks else torch.empty(0, dim)
-    return FeatureSet(features=features, kept=tuple(kept), failures=tuple(failures))
+    scores = torch.cat(logits) if logits else torch.empty(0, len(classifier.classes))
+    return FeatureSet(features=features, kept=tuple(kept), failures=tuple(failures), logits=scores)

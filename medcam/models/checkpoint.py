@@ -7,14 +7,18 @@ A checkpoint is a plain dictionary saved by :func:`torch.save`::
 
 ``metadata`` holds only strings, numbers, booleans, lists and dicts, so that loading never
 unpickles arbitrary objects. It carries the model config, the preprocessing, the
-calibration temperature and operating threshold, and whatever training recorded. The model
-id shown to users is the architecture plus the first 12 hex digits of the file's SHA-256.
+calibration (``temperature``, and ``class_bias`` for Platt scaling, see
+:mod:`medcam.calibration`) and operating threshold, and whatever training recorded. A file
+with a ``class_bias`` is format version 2, so that a medcam too old to apply the bias refuses
+it instead of reporting wrong probabilities; files without one stay version 1. The model id
+shown to users is the architecture plus the first 12 hex digits of the file's SHA-256.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,15 +28,16 @@ import torch
 from torch import nn
 
 import medcam
+from medcam.calibration import Calibration
 from medcam.config import ModelConfig, PreprocessConfig
 from medcam.errors import CheckpointError, ConfigError
 from medcam.files import atomic_open
 from medcam.models.networks import build_network
 
-__all__ = ["BUNDLED_MODEL", "Checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["BUNDLED_MODEL", "Checkpoint", "load_checkpoint", "resave_checkpoint", "save_checkpoint"]
 
 FORMAT = "medcam-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this medcam reads; 2 adds class_bias
 BUNDLED_MODEL = "bundled"
 
 
@@ -42,6 +47,7 @@ class Checkpoint:
 
     Attributes:
         temperature: divides the logits before the softmax (temperature scaling).
+        class_bias: added per class after the division (Platt scaling), or None.
         threshold: operating point on the calibrated probability of ``model.positive_class``.
         trained: False for an untrained placeholder; every output says so.
     """
@@ -55,6 +61,12 @@ class Checkpoint:
     threshold: float = 0.5
     trained: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    class_bias: tuple[float, ...] | None = None
+
+    @property
+    def calibration(self) -> Calibration:
+        """The map from logits to calibrated probabilities."""
+        return Calibration(self.temperature, self.class_bias)
 
 
 def bundled_checkpoint_path() -> Path:
@@ -73,14 +85,23 @@ def save_checkpoint(
     trained: bool = True,
     half: bool = False,
     extra: dict[str, Any] | None = None,
+    class_bias: Sequence[float] | None = None,
 ) -> str:
     """Write a checkpoint atomically and return its model id.
 
     Args:
+        class_bias: one value per class of ``model`` (Platt scaling), or None.
         half: store floating-point weights as float16 (half the size; they are loaded back
             as float32).
         extra: more metadata (training config, metrics, data hash, versions ...).
+
+    Raises:
+        ValueError: the temperature is not positive, or ``class_bias`` is not one finite
+            number per class.
     """
+    calibration = Calibration(float(temperature), None if class_bias is None else tuple(map(float, class_bias)))
+    if calibration.bias is not None and len(calibration.bias) != len(model.classes):
+        raise ValueError(f"class_bias needs one value per class ({len(model.classes)}), got {list(calibration.bias)}")
     state = {
         k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
         for k, v in network.state_dict().items()
@@ -88,14 +109,16 @@ def save_checkpoint(
     metadata: dict[str, Any] = {
         "model": _plain(dataclasses.asdict(model)),
         "preprocess": dataclasses.asdict(preprocess),
-        "temperature": float(temperature),
+        "temperature": calibration.temperature,
         "threshold": float(threshold),
         "trained": bool(trained),
         "medcam_version": medcam.__version__,
         "torch_version": str(torch.__version__),
     }
+    if calibration.bias is not None:
+        metadata["class_bias"] = list(calibration.bias)
     metadata.update(_plain(extra or {}))
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": state,
+    payload = {"format": FORMAT, "format_version": 1 if calibration.bias is None else 2, "state_dict": state,
                "metadata": metadata}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +152,12 @@ def load_checkpoint(path: str | Path = BUNDLED_MODEL, *, device: str | torch.dev
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()}
         model = ModelConfig(**fields)
         preprocess = PreprocessConfig(**meta["preprocess"])
-    except (KeyError, TypeError, ConfigError) as err:
+        bias = meta.get("class_bias")
+        calibration = Calibration(float(meta.get("temperature", 1.0)),
+                                  None if bias is None else tuple(float(b) for b in bias))
+        if calibration.bias is not None and len(calibration.bias) != len(model.classes):
+            raise ValueError(f"class_bias has {len(calibration.bias)} values for {len(model.classes)} classes")
+    except (KeyError, TypeError, ValueError, ConfigError) as err:
         raise CheckpointError(f"{file}: metadata is incomplete or invalid ({err})") from err
     network = build_network(model)
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
@@ -144,11 +172,55 @@ def load_checkpoint(path: str | Path = BUNDLED_MODEL, *, device: str | torch.dev
         preprocess=preprocess,
         model_id=_model_id(model.architecture, file),
         path=str(file),
-        temperature=float(meta.get("temperature", 1.0)),
+        temperature=calibration.temperature,
         threshold=float(meta.get("threshold", 0.5)),
         trained=bool(meta.get("trained", False)),
         metadata=meta,
+        class_bias=calibration.bias,
     )
+
+
+# Metadata that save_checkpoint writes from its own arguments; everything else travels in ``extra``.
+_REWRITTEN = ("model", "preprocess", "temperature", "class_bias", "threshold", "trained")
+
+
+def resave_checkpoint(path: str | Path, *, out: str | Path | None = None, updates: dict[str, Any] | None = None,
+                      calibration: Calibration | None = None, threshold: float | None = None) -> str:
+    """Re-save a checkpoint with metadata, calibration or threshold changed; returns the new model id.
+
+    Weights, their storage precision (float16 stays float16) and every metadata entry not
+    named are kept as they were; the file is written atomically, at ``out`` when given, else
+    over ``path``. The model id changes, since it is the hash of the file.
+
+    Args:
+        path: the checkpoint, or ``"bundled"`` (then ``out`` is required).
+        updates: metadata entries to add or replace (plain containers, scalars and tensors);
+            not those that describe the weights (model, preprocess, temperature, class_bias,
+            threshold, trained).
+        calibration: the new calibration map; None keeps the present one.
+        threshold: the new operating threshold; None keeps the present one.
+
+    Raises:
+        CheckpointError: ``path`` is not a readable checkpoint, ``out`` is missing for the
+            bundled model, or ``updates`` names an entry that describes the weights.
+    """
+    if str(path) == BUNDLED_MODEL and out is None:
+        raise CheckpointError("the bundled model is part of the package; give out= for an updated copy")
+    clash = sorted(set(updates or {}) & set(_REWRITTEN))
+    if clash:
+        raise CheckpointError(f"a metadata update does not change {', '.join(clash)}; recalibrate "
+                              "(calibration=, threshold=) or retrain instead")
+    ckpt = load_checkpoint(path)
+    payload = torch.load(ckpt.path, map_location="cpu", weights_only=True)
+    floats = [v.dtype for v in payload["state_dict"].values() if v.is_floating_point()]
+    half = bool(floats) and all(dtype == torch.float16 for dtype in floats)
+    extra = {k: v for k, v in ckpt.metadata.items() if k not in _REWRITTEN}
+    extra.update(updates or {})
+    calibration = ckpt.calibration if calibration is None else calibration
+    return save_checkpoint(out if out is not None else ckpt.path, ckpt.network, ckpt.model, ckpt.preprocess,
+                           temperature=calibration.temperature, class_bias=calibration.bias,
+                           threshold=ckpt.threshold if threshold is None else threshold,
+                           trained=ckpt.trained, half=half, extra=extra)
 
 
 def _model_id(architecture: str, file: Path) -> str:

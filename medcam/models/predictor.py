@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from medcam.calibration import Calibration
 from medcam.io.image import Image
 from medcam.models.cam import CAMMethod, CAMOutput, SinglePassCAM, convert_to_cam, find_gap_layer
 from medcam.models.checkpoint import BUNDLED_MODEL, Checkpoint, load_checkpoint
@@ -36,7 +37,7 @@ class Prediction:
     """What the model says about one image.
 
     Attributes:
-        probabilities: calibrated class probabilities ``(K,)`` (softmax of logits / T).
+        probabilities: calibrated class probabilities ``(K,)`` (:attr:`calibration` of the logits).
         logits: raw logits ``(K,)``.
         maps: raw class activation maps ``(K, rows, cols)`` on the source pixel grid, in
             logit units (see :func:`~medcam.models.grid.normalise_maps`).
@@ -44,6 +45,7 @@ class Prediction:
         flagged: the positive class's probability is at or above the operating threshold.
         model_id: the checkpoint's id.
         temperature: the calibration temperature ``T`` of :attr:`probabilities`.
+        class_bias: the calibration's per-class bias (Platt scaling), or None.
         ood_score: the image gate's out-of-distribution score of the same forward pass (see
             :mod:`medcam.gate`); None when the model has no statistics or the method gives no
             pooled features.
@@ -59,6 +61,12 @@ class Prediction:
     model_id: str
     temperature: float = 1.0
     ood_score: float | None = None
+    class_bias: tuple[float, ...] | None = None
+
+    @property
+    def calibration(self) -> Calibration:
+        """The map from logits (and maps, which are in logit units) to calibrated probabilities."""
+        return Calibration(self.temperature, self.class_bias)
 
     @property
     def positive_probability(self) -> float:
@@ -126,8 +134,8 @@ class Classifier:
         return output
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Calibrated probabilities: softmax of the logits over the temperature."""
-        return torch.softmax(logits / self.checkpoint.temperature, dim=-1)
+        """Calibrated probabilities of logits ``(B, K)``: the checkpoint's calibration map."""
+        return self.checkpoint.calibration(logits)
 
     def classify(self, images: Sequence[Image], *, batch_size: int = 8, method: str = "cam") -> list[Prediction]:
         """Predictions for ``images``, in order, ``batch_size`` at a time, maps made by ``method``
@@ -162,6 +170,7 @@ class Classifier:
                 model_id=ckpt.model_id,
                 temperature=ckpt.temperature,
                 ood_score=scores[i],
+                class_bias=ckpt.class_bias,
             )
             for i, (image, transform) in enumerate(zip(images, transforms, strict=True))
         ]

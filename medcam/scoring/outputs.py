@@ -98,7 +98,7 @@ def write_refusal(path: str, reason: str, options: ScoreOptions, info: ModelInfo
         return Written()
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
-        model = SRModelInfo(info.model_id, info.threshold, info.temperature, info.positive_class)
+        model = SRModelInfo(info.model_id, info.threshold, info.temperature, info.positive_class, info.class_bias)
         report = write_not_analysed_sr(header, reason, model, options.regions, name=output_name(path))
     except Exception as err:  # the refusal stands; the report's failure is added to the row's reason
         return Written(error=f"its not-analysed report could not be written: {_describe(err)}")

@@ -278,6 +278,7 @@ def _write(batch: dict[str, np.ndarray], preprocess: dict[str, Any], options: Sc
             threshold=info.threshold,
             model_id=info.model_id,
             temperature=info.temperature,
+            class_bias=info.class_bias,
         )
         written = write_outputs(prediction, path, options, cam_class)
         files[i] = written.columns

@@ -75,11 +75,12 @@ class ModelInfo:
     positive_class: str
     threshold: float
     temperature: float = 1.0
+    class_bias: tuple[float, ...] | None = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> ModelInfo:
         return cls(checkpoint.model_id, checkpoint.model.classes, checkpoint.model.positive_class,
-                   checkpoint.threshold, checkpoint.temperature)
+                   checkpoint.threshold, checkpoint.temperature, checkpoint.class_bias)
 
 
 def results_columns(classes: Sequence[str], outputs: Sequence[str] = ()) -> list[str]:
