@@ -23,10 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_RSNA = REPO.parent / "shared" / "data" / "cxr" / "rsna" / "dicom"
 CORPUS = ["RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm",
           "RG3_UNCR.dcm", "RG3_UNCI.dcm", "RG3_J2KR.dcm", "RG3_J2KI.dcm"]
-# 0.01 under the training's temperature (T = 0.569); the recalibrated map (T = 0.807, pneumonia
-# bias +0.498) moved RSNA 00a85be6 from p 0.13 to 0.31, where it is steeper: the same logit
-# margin change of its reduced decode (0.040) is 0.0105 there, 0.0080 before.
-PROBABILITY_BUDGET = 0.011
+PROBABILITY_BUDGET = 0.01  # issue 16; where a reduction cannot hold it, medcam.io.reduce does not use it
 MAP_TOLERANCE = 0.15  # max |difference| of the normalised positive-class map on the full grid
 
 
