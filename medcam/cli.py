@@ -129,6 +129,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recalibrate(args: argparse.Namespace) -> int:
+    from medcam.train import recalibrate
+
+    try:
+        model_id = recalibrate(args.model, args.data, out=args.out, sensitivity=args.sensitivity,
+                               bias=not args.temperature_only, batch_size=args.batch_size)
+    except ValueError as err:  # no target sensitivity known, or data that cannot fix a threshold
+        raise MedcamError(str(err)) from err
+    print(f"wrote {args.out} ({model_id})")
+    return 0
+
+
 def _fit_ood(args: argparse.Namespace) -> int:
     from medcam.commands.gate import fit_ood_command
 
@@ -353,6 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("recalibrate", help="refit a checkpoint's calibration and threshold on validation data",
+                       description="Refit the calibration map (temperature and class bias, populations weighing the "
+                       "same) and the one operating threshold (the target sensitivity in every population) on "
+                       "labelled validation images - never the test split; the weights are kept.")
+    _add_model(p)
+    p.add_argument("--data", required=True, metavar="VAL.csv",
+                   help="labelled images with a population column, e.g. the val.csv a training run writes")
+    p.add_argument("--out", required=True, metavar="MODEL.pt", help="the recalibrated checkpoint")
+    p.add_argument("--sensitivity", type=float, help="reached in every population (default: the training config's)")
+    p.add_argument("--temperature-only", action="store_true", help="fit a temperature alone, no class bias")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_recalibrate)
 
     p = sub.add_parser("fit-ood", help="fit the image gate's out-of-distribution statistics into a checkpoint",
                        description="Fit class means and a shrunk covariance (Ledoit-Wolf) of the model's pooled "

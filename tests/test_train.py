@@ -190,6 +190,21 @@ def test_recalibrate_refits_map_and_threshold_on_validation_and_keeps_the_weight
         recalibrate(bare, tmp_path / "run" / "val.csv", out=tmp_path / "x.pt")
 
 
+def test_the_recalibrate_command(toy_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medcam.cli import main
+
+    train(_two_populations(toy_csv, tmp_path), tmp_path / "run", log=lambda _: None)
+    out = tmp_path / "recalibrated.pt"
+    val = str(tmp_path / "run" / "val.csv")
+    assert main(["recalibrate", "--model", str(tmp_path / "run" / "best.pt"), "--data", val, "--out", str(out)]) == 0
+    assert load_checkpoint(out).model_id in capsys.readouterr().out
+    bare = tmp_path / "bare.pt"
+    before = load_checkpoint(out)
+    save_checkpoint(bare, before.network, before.model, before.preprocess)
+    assert main(["recalibrate", "--model", str(bare), "--data", val, "--out", str(tmp_path / "x.pt")]) == 1
+    assert "no target sensitivity" in capsys.readouterr().err
+
+
 def test_init_from_checks_the_model_id(toy_csv: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="init_model_id"):
         TrainConfig(init_from="some.pt")
