@@ -197,7 +197,8 @@ def rss_trace(folder: Path, out: Path, model: str, batch_size: int, workers: int
     with subprocess.Popen(command, stdout=subprocess.DEVNULL) as process:
         status = Path(f"/proc/{process.pid}/status")
         while process.poll() is None:
-            with contextlib.suppress(FileNotFoundError, ValueError):
+            # KeyError: the process ended between poll() and the read (a zombie has no VmRSS)
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
                 fields = {line.split(":")[0]: int(line.split()[1]) // 1024
                           for line in status.read_text().splitlines() if line.startswith(("VmRSS:", "VmHWM:"))}
                 samples.append(fields["VmRSS"])
