@@ -24,20 +24,17 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from medcam.errors import ConfigError
+from medcam.gate.tags import RADIOGRAPH_SOP_CLASSES, SECONDARY_CAPTURE_SOP_CLASSES
 from medcam.node.spool import Spool
 
 __all__ = ["IMAGE_SOP_CLASSES", "ReceiveOptions", "check_ae_title", "decodable_syntaxes", "start_scp"]
 
 log = logging.getLogger("medcam.node")
 
-IMAGE_SOP_CLASSES: dict[str, str] = {
-    "1.2.840.10008.5.1.4.1.1.1": "CR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
-    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
-}
-"""What the node accepts: the chest radiograph classes; Secondary Capture too, so that a
-screenshot sent by mistake gets its "not analysed" report instead of a bare refusal."""
+IMAGE_SOP_CLASSES = frozenset(RADIOGRAPH_SOP_CLASSES) | SECONDARY_CAPTURE_SOP_CLASSES
+"""What the node accepts: the projection radiograph classes the tag gate reads (CR, DX), and
+Secondary Capture, so that a screenshot sent by mistake gets its "not analysed" report instead
+of a bare refusal."""
 
 # DIMSE status codes (PS3.4 Annex B.2.3 and PS3.7 Annex C)
 SUCCESS = 0x0000
@@ -121,7 +118,7 @@ def start_scp(spool: Spool, options: ReceiveOptions, *, on_stored: Callable[[], 
     ae.maximum_pdu_size = 256 * 1024
     ae.add_supported_context(Verification)
     syntaxes = decodable_syntaxes()
-    for sop_class in IMAGE_SOP_CLASSES:
+    for sop_class in sorted(IMAGE_SOP_CLASSES):
         ae.add_supported_context(sop_class, syntaxes)
     handlers: Sequence[tuple[Any, Callable[..., Any]]] = [
         (evt.EVT_C_STORE, lambda event: _store(event, spool, options, on_stored)),
