@@ -31,13 +31,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-__all__ = ["DEFAULT_MODALITIES", "DICOMWEB_PLUGIN", "ORTHANC", "HttpReply", "Netns", "Orthanc", "PacsError",
+__all__ = ["DEFAULT_MODALITIES", "DICOMWEB_PLUGIN", "ORTHANC", "STORESCU", "HttpReply", "Netns", "Orthanc", "PacsError",
            "pacs_unavailable"]
 
 T = TypeVar("T")
 _CLONE_NEWNET = 0x40000000
 
 ORTHANC = Path("/usr/sbin/Orthanc")
+# dcmtk's, by its path: pynetdicom installs its own ``storescu`` (other options) into the venv's bin
+STORESCU = Path("/usr/bin/storescu")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 DEFAULT_MODALITIES: Mapping[str, Sequence[Any]] = {"medcam": ["MEDCAM", "127.0.0.1", 11112]}
 
@@ -78,9 +80,11 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 def pacs_unavailable() -> str | None:
     """Why a test PACS cannot run on this machine (a sentence), or ``None`` when it can."""
-    for tool in ("unshare", "nsenter", "ip", "storescu"):
+    for tool in ("unshare", "nsenter", "ip"):
         if shutil.which(tool) is None:
-            return f"{tool} is not installed (apt-get install util-linux iproute2 dcmtk)"
+            return f"{tool} is not installed (apt-get install util-linux iproute2)"
+    if not STORESCU.is_file():
+        return f"dcmtk's {STORESCU} is missing (apt-get install dcmtk)"
     if not ORTHANC.is_file():
         return f"{ORTHANC} is missing (apt-get install orthanc)"
     if not DICOMWEB_PLUGIN.is_file():
@@ -352,7 +356,7 @@ class Orthanc:
         storescu proposes uncompressed transfer syntaxes and cannot decode JPEG-LS or JPEG 2000:
         store such files with :meth:`upload`, which keeps them as they are.
         """
-        done = self.netns.run(["storescu", "-aet", aet, "-aec", self.aet, "127.0.0.1",
+        done = self.netns.run([STORESCU, "-aet", aet, "-aec", self.aet, "127.0.0.1",
                                str(port or self.dicom_port), *map(str, paths)],
                               capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:

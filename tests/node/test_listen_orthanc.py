@@ -21,7 +21,7 @@ import pytest
 
 from medcam.node.send import StowDestination
 
-from .pacs import Netns, Orthanc
+from .pacs import STORESCU, Netns, Orthanc
 from .peers import radiographs
 
 BIN = Path(sys.executable).parent
@@ -82,7 +82,7 @@ def test_orthanc_sends_a_study_and_gets_the_reports_back_in_it(orthanc: Orthanc,
         assert answer is not None
         # a modality sends straight to medcam, in JPEG 2000 (storescu -xv proposes it)
         j2k = SAMPLES / "RG1_J2KR.dcm"
-        sent = netns.run(["storescu", "-xv", "-aet", "CR_ROOM", "-aec", "MEDCAM", "127.0.0.1", str(PORT), j2k],
+        sent = netns.run([STORESCU, "-xv", "-aet", "CR_ROOM", "-aec", "MEDCAM", "127.0.0.1", str(PORT), j2k],
                          capture_output=True, text=True, timeout=120)
         assert sent.returncode == 0, sent.stdout + sent.stderr
         reports = _reports(orthanc, study, 3)
@@ -107,7 +107,7 @@ def test_kill_9_while_scoring_then_a_restart_stores_each_report_once(orthanc: Or
     study = str(pydicom.dcmread(images[0]).StudyInstanceUID)
     spool, log = tmp_path / "spool", tmp_path / "node.log"
     node = _listen(netns, tiny_checkpoint, spool, log)
-    sent = netns.run(["storescu", "-aet", "CR_ROOM", "-aec", "MEDCAM", "127.0.0.1", str(PORT), *images],
+    sent = netns.run([STORESCU, "-aet", "CR_ROOM", "-aec", "MEDCAM", "127.0.0.1", str(PORT), *images],
                      capture_output=True, text=True, timeout=120)
     assert sent.returncode == 0, sent.stdout + sent.stderr  # every image acknowledged
     _wait_for_log(log, r"scoring series", node)
