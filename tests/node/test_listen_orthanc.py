@@ -29,11 +29,12 @@ SAMPLES = Path(__file__).resolve().parents[2] / "sample_data" / "dicom"
 PORT = 11112  # Orthanc's default modality entry for medcam (tests/node/pacs.py)
 
 
-def _listen(netns: Netns, checkpoint: Path, spool: Path, log: Path) -> subprocess.Popen[Any]:
+def _listen(netns: Netns, checkpoint: Path, spool: Path, log: Path, *,
+            to: tuple[str, str] = ("--send-to", f"{Orthanc.aet}@127.0.0.1:{Orthanc.dicom_port}")
+            ) -> subprocess.Popen[Any]:
     with log.open("ab") as out:
-        process = netns.popen([BIN / "medcam", "listen", "--port", str(PORT), "--spool", spool,
-                               "--send-to", f"{Orthanc.aet}@127.0.0.1:{Orthanc.dicom_port}", "--settle", "1",
-                               "--model", checkpoint, "--threads", "1"],
+        process = netns.popen([BIN / "medcam", "listen", "--port", str(PORT), "--spool", spool, *to,
+                               "--settle", "1", "--model", checkpoint, "--threads", "1"],
                               stdout=subprocess.DEVNULL, stderr=out)
     _wait_for_log(log, r"listening as MEDCAM", process)
     return process
@@ -140,3 +141,26 @@ def test_stow_rs_to_orthanc_stores_once_and_says_what_failed(orthanc: Orthanc, t
     assert [o.kind for o in again] == ["stored", "stored"] and orthanc.count_instances() == 2
     nobody = StowDestination("http://127.0.0.1:9/dicom-web", timeout=5)  # nothing listens there
     assert [o.kind for o in orthanc.netns.call(nobody.send, images[:1])] == ["retry"]
+
+
+@pytest.mark.slow
+def test_results_by_stow_rs_land_in_the_source_study(orthanc: Orthanc, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    images = radiographs(tmp_path / "modality", 2)
+    study = str(pydicom.dcmread(images[0]).StudyInstanceUID)
+    log = tmp_path / "node.log"
+    node = _listen(orthanc.netns, tiny_checkpoint, tmp_path / "spool", log, to=("--stow", orthanc.dicomweb))
+    try:
+        sent = orthanc.netns.run([STORESCU, "-aet", "CR_ROOM", "-aec", "MEDCAM", "127.0.0.1", str(PORT), *images],
+                                 capture_output=True, text=True, timeout=120)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        reports = _reports(orthanc, study, 2)
+        _wait_for_log(log, r"sent .*_sr\.dcm \(STOW-RS", node)
+        deadline = time.monotonic() + 30
+        while list((tmp_path / "spool" / "outbox").iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        node.kill()
+        node.wait(30)
+    assert sorted(_source(orthanc, r) for r in reports) == sorted(str(pydicom.dcmread(p).SOPInstanceUID)
+                                                                  for p in images)
+    assert not list((tmp_path / "spool" / "outbox").iterdir())
