@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
@@ -282,6 +282,11 @@ class RegionSet:
 
     def __len__(self) -> int:
         return len(self.regions)
+
+    def without_regions(self) -> RegionSet:
+        """The same record with no region: what the report of an image below the operating point
+        lists (it says the finding is absent, and outlines nothing)."""
+        return replace(self, labels=np.zeros_like(self.labels), regions=())
 
     def __iter__(self) -> Iterator[Region]:
         return iter(self.regions)

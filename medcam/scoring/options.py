@@ -61,7 +61,8 @@ class ScoreOptions:
         regions_of: ``flagged`` (images whose positive class is flagged) or ``all`` analysed images.
         report_all: with ``regions_of="flagged"``, also write the SR (when ``sr`` is one of the
             formats) of every analysed image that is not flagged, so that an archive holds a
-            result for each image; the other formats stay for flagged images.
+            result for each image (finding absent, no region outlined); the other formats stay
+            for flagged images.
         region_options: the threshold rule, smoothing and minimum area of those regions.
         region_formats: the export formats, a subset of :data:`medcam.export.FORMATS`.
         progress: show a progress bar (on a terminal).

@@ -70,6 +70,8 @@ def write_outputs(prediction: Prediction, path: str, options: ScoreOptions, cam_
     if options.regions is not None and formats:
         try:
             regions = find_regions(prediction, cam_class, options.region_options)
+            if not (prediction.flagged or options.regions_of == "all"):  # report_all's SR of a negative
+                regions = regions.without_regions()
             result = export_regions(prediction, regions, options.regions, formats, name=name)
             columns["regions"] = str(len(regions))
             columns["exports"] = ";".join(str(p) for p in result.files.values())

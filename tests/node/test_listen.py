@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import highdicom as hd
 import pydicom
 import pytest
 
@@ -253,3 +254,7 @@ def test_report_all_gives_every_analysed_image_its_sr_and_nothing_else(tmp_path:
         assert [r["flagged"] for r in rows] == ["false", "false"] and {r["status"] for r in rows} == {"ok"}
         written = sorted(p.name.rsplit("_", 1)[1].removesuffix(".dcm") for p in (out / "files").glob("*.dcm"))
         assert written == expected
+        for path in (out / "files").glob("*_sr.dcm"):  # a negative's report outlines nothing
+            report = hd.sr.srread(path)
+            assert report.content.get_planar_roi_measurement_groups() == []
+            assert [r["regions"] for r in rows] == ["0", "0"]
