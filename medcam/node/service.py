@@ -132,11 +132,16 @@ class Node:
         self._threads = []
 
     def _score_loop(self) -> None:
+        delay = self.options.poll
         while not self.stop_event.is_set():
             try:
                 self.score_settled()
-            except Exception:  # a bug or the spool's disk: logged, and tried again
-                log.exception("scoring failed")
+                delay = self.options.poll
+            except Exception:  # the spool's disk, a results file of another model ...: logged, tried again later
+                log.exception("scoring failed; trying again in %.0f s", delay)
+                self.stop_event.wait(timeout=delay)
+                delay = min(delay * 2, 60.0)
+                continue
             self.arrived.wait(timeout=self.options.poll)
             self.arrived.clear()
 

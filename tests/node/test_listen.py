@@ -258,3 +258,20 @@ def test_report_all_gives_every_analysed_image_its_sr_and_nothing_else(tmp_path:
             report = hd.sr.srread(path)
             assert report.content.get_planar_roi_measurement_groups() == []
             assert [r["regions"] for r in rows] == ["0", "0"]
+
+
+def test_a_series_that_cannot_be_scored_is_tried_again_not_lost(tiny_checkpoint: Path, archive: Archive,
+                                                                tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                                ) -> None:
+    images = radiographs(tmp_path / "modality", 1)
+    series = str(pydicom.dcmread(images[0]).SeriesInstanceUID)
+    blocker = tmp_path / "spool" / "results" / f"{series}.csv"
+    blocker.mkdir(parents=True)  # its results file cannot be opened: scoring that series fails
+    with caplog.at_level("INFO", logger="medcam.node"), _node(tiny_checkpoint, tmp_path / "spool", archive) as node:
+        assert send(images, node.options.receive.port) == [0]
+        deadline = time.monotonic() + 30
+        while "scoring failed" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "scoring failed" in caplog.text and list(node.spool.incoming.iterdir())  # kept for later
+        blocker.rmdir()
+        archive.wait_for(1)
