@@ -23,7 +23,7 @@ from pydicom.pixels import get_decoder
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from medcam.errors import ConfigError
+from medcam.errors import ConfigError, MedcamError
 from medcam.gate.tags import RADIOGRAPH_SOP_CLASSES, SECONDARY_CAPTURE_SOP_CLASSES
 from medcam.node.spool import Spool
 
@@ -107,7 +107,7 @@ def start_scp(spool: Spool, options: ReceiveOptions, *, on_stored: Callable[[], 
     """Start listening in background threads; returns the server (call ``.shutdown()``).
 
     Raises:
-        OSError: the address is in use or may not be bound.
+        MedcamError: the address is in use or may not be bound.
     """
     ae = AE(ae_title=options.ae_title)
     ae.require_called_aet = True
@@ -125,7 +125,11 @@ def start_scp(spool: Spool, options: ReceiveOptions, *, on_stored: Callable[[], 
         (evt.EVT_ACCEPTED, _accepted),
         (evt.EVT_REJECTED, _rejected),
     ]
-    server = ae.start_server((options.host, options.port), block=False, evt_handlers=list(handlers))
+    try:
+        server = ae.start_server((options.host, options.port), block=False, evt_handlers=list(handlers))
+    except OSError as err:
+        raise MedcamError(f"cannot listen on {options.host}:{options.port}: {err.strerror or err} (another DICOM "
+                          "node on that port? choose another with --port)") from err
     log.info("listening as %s on %s:%d (%s)", options.ae_title, options.host, options.port,
              "calling AE titles: " + ", ".join(options.allow_ae) if options.allow_ae else "any calling AE title")
     return server

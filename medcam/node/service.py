@@ -104,7 +104,7 @@ class Node:
         """Clear what a previous process left half-written, then listen, score and send.
 
         Raises:
-            OSError: the port cannot be bound.
+            MedcamError: the port cannot be bound.
         """
         removed = self.spool.recover()
         if removed:

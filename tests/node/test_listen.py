@@ -275,3 +275,18 @@ def test_a_series_that_cannot_be_scored_is_tried_again_not_lost(tiny_checkpoint:
         assert "scoring failed" in caplog.text and list(node.spool.incoming.iterdir())  # kept for later
         blocker.rmdir()
         archive.wait_for(1)
+
+
+def test_a_port_in_use_is_a_clear_error(tiny_checkpoint: Path, archive: Archive, tmp_path: Path) -> None:
+    import socket
+
+    from medcam.errors import MedcamError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        options = NodeOptions(spool=tmp_path / "spool", receive=ReceiveOptions(port=port))
+        node = Node(Classifier(str(tiny_checkpoint)), options, None)
+        with pytest.raises(MedcamError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            node.start()
