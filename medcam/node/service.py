@@ -104,12 +104,17 @@ class Node:
         """Clear what a previous process left half-written, then listen, score and send.
 
         Raises:
-            MedcamError: the port cannot be bound.
+            MedcamError: another process uses the spool, or the port cannot be bound.
         """
+        self.spool.lock()
         removed = self.spool.recover()
         if removed:
             log.info("removed %d half-written files left by a previous run", removed)
-        self._server = start_scp(self.spool, self.options.receive, on_stored=self.arrived.set)
+        try:
+            self._server = start_scp(self.spool, self.options.receive, on_stored=self.arrived.set)
+        except Exception:
+            self.spool.unlock()
+            raise
         self._threads = [threading.Thread(target=self._score_loop, name="medcam-score", daemon=True)]
         if self.sender is not None:
             self._threads.append(threading.Thread(target=self.sender.run, args=(self.stop_event,),
@@ -130,6 +135,7 @@ class Node:
         for thread in self._threads:
             thread.join(timeout)
         self._threads = []
+        self.spool.unlock()
 
     def _score_loop(self) -> None:
         delay = self.options.poll

@@ -3,6 +3,7 @@
 Layout under the spool folder (every name below a fixed folder comes from :func:`uid_name`,
 never from another tag value, so nothing can be written outside it)::
 
+    lock                         held by the process using the spool (its pid inside)
     tmp/                         files being written; emptied at every start
     incoming/<series>/<sop>.dcm  received instances, durable before their success response
     results/<series>.csv         the results file of each series (``medcam score``'s columns)
@@ -18,6 +19,7 @@ dies.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -27,6 +29,8 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from medcam.errors import MedcamError
 
 __all__ = ["Series", "Spool", "uid_name"]
 
@@ -68,7 +72,7 @@ class Series:
 
 class Spool:
     """The folders of one node (module doc); safe to share between the receiving threads and
-    the worker of one process. A second process on the same spool is not supported."""
+    the worker of one process. A second process is kept out by :meth:`lock`."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
@@ -83,6 +87,31 @@ class Spool:
                        self.rejected):
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # a series folder is never removed while an instance lands in it
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Hold the spool for this process until it ends (``SPOOL/lock``, an advisory ``flock``
+        that the kernel releases whenever the process dies, ``kill -9`` included).
+
+        Raises:
+            MedcamError: another process holds it.
+        """
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise MedcamError(f"{self.root} is in use by another medcam listen (pid {holder}); give each node "
+                              "its own --spool") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def recover(self) -> int:
         """Remove what a previous process left half-written; returns how many files went."""

@@ -290,3 +290,14 @@ def test_a_port_in_use_is_a_clear_error(tiny_checkpoint: Path, archive: Archive,
         node = Node(Classifier(str(tiny_checkpoint)), options, None)
         with pytest.raises(MedcamError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
             node.start()
+
+
+def test_a_second_node_on_the_same_spool_is_refused(tiny_checkpoint: Path, archive: Archive, tmp_path: Path) -> None:
+    from medcam.errors import MedcamError
+
+    with _node(tiny_checkpoint, tmp_path / "spool", archive):
+        second = _node(tiny_checkpoint, tmp_path / "spool", archive)
+        with pytest.raises(MedcamError, match=r"in use by another medcam listen \(pid \d+\)"):
+            second.start()
+    with _node(tiny_checkpoint, tmp_path / "spool", archive):  # free again once the first has stopped
+        pass
