@@ -58,6 +58,9 @@ SECONDARY_CAPTURE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.7.3",
     "1.2.840.10008.5.1.4.1.1.7.4",
 }
+IMAGE_SOP_CLASSES = frozenset(RADIOGRAPH_SOP_CLASSES) | SECONDARY_CAPTURE_SOP_CLASSES
+"""The storage classes worth fetching or accepting: the projection radiographs the gate reads,
+and Secondary Capture, so that a screenshot gets its "not analysed" report, not silence."""
 _MODALITY_NAMES = {
     "CT": "computed tomography", "MR": "magnetic resonance", "US": "ultrasound",
     "NM": "nuclear medicine", "PT": "PET", "MG": "mammography", "XA": "X-ray angiography",

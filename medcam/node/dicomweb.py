@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from medcam.errors import ConfigError, MedcamError
 from medcam.export.equipment import MANUFACTURER
 from medcam.files import atomic_open
-from medcam.gate.tags import RADIOGRAPH_SOP_CLASSES, SECONDARY_CAPTURE_SOP_CLASSES
+from medcam.gate.tags import IMAGE_SOP_CLASSES
 from medcam.node.spool import uid_name
 
 if TYPE_CHECKING:  # dicomweb-client imports requests: only when an archive is used
@@ -46,7 +46,7 @@ __all__ = ["PREFIX", "Fetched", "StowReport", "fetch_folder", "fetch_instances",
 #: An input of ``medcam score`` that names an archive: ``dicomweb:http://host:8042/dicom-web``.
 PREFIX = "dicomweb:"
 #: The SOP classes fetched: projection radiographs and Secondary Capture, as the tag gate reads them.
-FETCHED_SOP_CLASSES = frozenset(RADIOGRAPH_SOP_CLASSES) | SECONDARY_CAPTURE_SOP_CLASSES
+FETCHED_SOP_CLASSES = IMAGE_SOP_CLASSES
 TIMEOUT = 300.0  # seconds: a large radiograph over a slow link
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")

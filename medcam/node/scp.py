@@ -1,6 +1,6 @@
 """The receiving end: a C-ECHO and C-STORE service class provider that writes into the spool.
 
-Accepted: the radiograph storage SOP classes the model is made for (:data:`IMAGE_SOP_CLASSES`)
+Accepted: the radiograph storage SOP classes the model is made for (:data:`medcam.gate.tags.IMAGE_SOP_CLASSES`)
 in every transfer syntax pydicom can decode here (:func:`decodable_syntaxes`); an association
 proposing only other classes is rejected at negotiation, so a PACS routing a CT series here
 gets a clear answer rather than a pile of "not analysed" reports.
@@ -13,28 +13,25 @@ lines at INFO name UIDs and AE titles only, never a patient's name or ID.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pydicom
 import pydicom.uid
 from pydicom.pixels import get_decoder
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from medcam.errors import ConfigError, MedcamError
-from medcam.gate.tags import RADIOGRAPH_SOP_CLASSES, SECONDARY_CAPTURE_SOP_CLASSES
+from medcam.gate.tags import IMAGE_SOP_CLASSES
 from medcam.node.spool import Spool
 
-__all__ = ["IMAGE_SOP_CLASSES", "ReceiveOptions", "check_ae_title", "decodable_syntaxes", "start_scp"]
+__all__ = ["ReceiveOptions", "check_ae_title", "decodable_syntaxes", "start_scp"]
 
 log = logging.getLogger("medcam.node")
-
-IMAGE_SOP_CLASSES = frozenset(RADIOGRAPH_SOP_CLASSES) | SECONDARY_CAPTURE_SOP_CLASSES
-"""What the node accepts: the projection radiograph classes the tag gate reads (CR, DX), and
-Secondary Capture, so that a screenshot sent by mistake gets its "not analysed" report instead
-of a bare refusal."""
 
 # DIMSE status codes (PS3.4 Annex B.2.3 and PS3.7 Annex C)
 SUCCESS = 0x0000
@@ -157,14 +154,16 @@ def _store(event: Any, spool: Spool, options: ReceiveOptions, on_stored: Callabl
         log.warning("refused %s from %s: %d bytes, over the limit of %d", sop_uid, _calling(event), size,
                     options.max_bytes)
         return OUT_OF_RESOURCES
-    try:
-        series_uid = event.dataset.get("SeriesInstanceUID", "")
+    encoded = event.encoded_dataset()  # as received, with its file meta: written as it is
+    try:  # the header only: event.dataset would decode (and copy) the pixel data too
+        header = pydicom.dcmread(io.BytesIO(encoded), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        series_uid = header.get("SeriesInstanceUID", "")
     except Exception as err:  # the sender gets a failure status and keeps the instance
         log.warning("refused %s from %s: its header cannot be read (%s)", sop_uid, _calling(event),
                     type(err).__name__)
         return CANNOT_UNDERSTAND
     try:
-        path = spool.store([event.encoded_dataset()], series_uid, sop_uid)
+        path = spool.store([encoded], series_uid, sop_uid)
     except OSError as err:
         log.error("could not spool %s from %s: %s", sop_uid, _calling(event), err.strerror or err)
         return OUT_OF_RESOURCES

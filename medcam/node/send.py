@@ -19,7 +19,7 @@ import functools
 import logging
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -205,13 +205,12 @@ class Sender:
     """Empties the spool's outbox into a destination, with exponential backoff while it fails."""
 
     def __init__(self, spool: Spool, destination: Destination, *, batch: int = 32, first_delay: float = 1.0,
-                 max_delay: float = 60.0, on_sent: Callable[[Path], None] | None = None) -> None:
+                 max_delay: float = 60.0) -> None:
         self.spool = spool
         self.destination = destination
         self.batch = batch
         self.first_delay = first_delay
         self.max_delay = max_delay
-        self.on_sent = on_sent
         self.wake = threading.Event()
         self.sent = 0
         self.rejected = 0
@@ -229,8 +228,6 @@ class Sender:
                     self.spool.sent(path)
                     self.sent += 1
                     log.info("sent %s (%s)", path.name, self.destination.describe())
-                    if self.on_sent is not None:
-                        self.on_sent(path)
                 elif outcome.kind == "rejected":
                     kept = self.spool.reject(path, outcome.reason)
                     self.rejected += 1

@@ -89,7 +89,6 @@ class Node:
         self.sender = Sender(self.spool, destination) if destination is not None else None
         self.stop_event = threading.Event()
         self.arrived = threading.Event()
-        self.scored = 0
         self._server: Any = None
         self._threads: list[threading.Thread] = []
 
@@ -179,7 +178,6 @@ class Node:
                     log.error("%s: not analysed: %s", path.name, row["reason"])
         queued = self.spool.queue(series)
         self.spool.finish(series, done, failed)
-        self.scored += summary.scored
         if summary.scored:
             log.info("series %s: %d image(s) scored (%d not analysed, %d errors) in %.1f s; %d result(s) queued",
                      series.key, summary.scored, summary.refused, summary.errors, time.perf_counter() - start,

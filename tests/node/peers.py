@@ -144,6 +144,11 @@ class Archive:
         raise AssertionError(f"the archive holds {len(self.unique())} objects after {timeout} s, expected {count}")
 
 
+def sop_uids(paths: Sequence[Path]) -> list[str]:
+    """The SOP Instance UIDs of ``paths``, sorted."""
+    return sorted(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths)
+
+
 def source_of(result: pydicom.Dataset) -> str:
     """The SOP Instance UID of the image a result object was made from."""
     for item in result.get("CurrentRequestedProcedureEvidenceSequence", []):

@@ -17,13 +17,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
 
 from medcam.node.spool import Spool
 from medcam.scoring import read_results
 
-from .peers import Archive, free_port, radiographs, send, source_of
+from .peers import Archive, free_port, radiographs, send, sop_uids, source_of
 
 BIN = Path(sys.executable).parent
 
@@ -139,7 +138,7 @@ def test_kill_9_at_any_moment_loses_nothing_and_the_archive_holds_each_result_on
     results_of: dict[str, set[str]] = defaultdict(set)
     for uid, result in held.items():
         results_of[source_of(result)].add(uid)
-    sources = {str(pydicom.dcmread(p).SOPInstanceUID) for p in images}
+    sources = set(sop_uids(images))
     assert set(results_of) == sources and all(len(uids) == 1 for uids in results_of.values())
     assert len(archive.unique()) == len(images)  # sent again maybe, stored once
     left = Spool(spool)
