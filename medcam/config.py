@@ -140,6 +140,11 @@ class TrainConfig:
     ``samples_per_epoch``: images drawn (with replacement, see ``data.sources``) per epoch;
     by default the size of the training split. ``init_from``: a medcam checkpoint whose
     weights start the run, checked against ``init_model_id``; relative to the config file.
+    ``ema``: when above 0, the decay per step of an exponential moving average of the
+    weights (and batch-norm statistics); that average is what is validated and saved, which
+    steadies a model fine-tuned on few, noisy labels. ``erase``: the probability of erasing
+    one to four random rectangles of a training image (random grey levels), so that the
+    model cannot lean on one spot, such as a side marker or burnt-in text.
     """
 
     epochs: int = 30
@@ -157,8 +162,14 @@ class TrainConfig:
     samples_per_epoch: int | None = None
     init_from: str = ""
     init_model_id: str = ""
+    ema: float = 0.0
+    erase: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"train.ema must be in [0, 1) (0: off), got {self.ema!r}")
+        if not 0 <= self.erase <= 1:
+            raise ConfigError(f"train.erase must be a probability in [0, 1], got {self.erase!r}")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"train.label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
         if self.init_from and not self.init_model_id:

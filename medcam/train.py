@@ -31,17 +31,25 @@ import monai
 import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader
-from monai.transforms import Compose, Lambda, RandAdjustContrastd, RandAffined, RandGaussianNoised
+from monai.transforms import (
+    Compose,
+    Lambda,
+    RandAdjustContrastd,
+    RandAffined,
+    RandCoarseDropoutd,
+    RandGaussianNoised,
+)
 from monai.utils import convert_to_tensor
 from sklearn.metrics import roc_auc_score
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
 import medcam
 from medcam.calibration import Calibration, fit_operating_point
 from medcam.commands.gate import fit_ood_on
-from medcam.config import Config
+from medcam.config import Config, TrainConfig
 from medcam.data import Sample, data_hash, read_samples, split_by_patient, write_samples
 from medcam.errors import ConfigError
 from medcam.files import atomic_open
@@ -86,6 +94,11 @@ def _transforms(config: Config, train: bool) -> Compose:
                         translate_range=0.06 * config.preprocess.size, padding_mode="border"),
             RandGaussianNoised("image", prob=0.3, std=0.02),
         ]
+        if config.train.erase:
+            side = config.preprocess.size
+            steps.append(RandCoarseDropoutd("image", holes=1, max_holes=4, spatial_size=side // 10,
+                                            max_spatial_size=side // 4, fill_value=(0.0, 1.0),
+                                            prob=config.train.erase))
     return Compose([*steps, Lambda(finish)])
 
 
@@ -165,9 +178,13 @@ def _relative(path: str | None) -> str:
 
 
 def _without_epochs(config: dict[str, Any]) -> dict[str, Any]:
-    """What must not change on resume: all but the epoch budget and the intended use (written at the end)."""
+    """What must not change on resume: all but the epoch budget and the intended use (written at the end).
+
+    Options added since a run started count at their defaults (which keep the old behaviour).
+    """
+    train = {**dataclasses.asdict(TrainConfig()), **config["train"]}
     return {**{k: v for k, v in config.items() if k != "intended_use"},
-            "train": {k: v for k, v in config["train"].items() if k != "epochs"}}
+            "train": {k: v for k, v in train.items() if k != "epochs"}}
 
 
 def _evaluate(model: nn.Module, loader: DataLoader, config: Config, *,
@@ -213,6 +230,10 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
         model.load_state_dict(initial)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    # the weights' moving average is what is validated and kept, when the config asks for one
+    averaged = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema), use_buffers=True)
+                if config.train.ema else None)
+    scored = averaged.module if averaged is not None else model
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.train.lr,
                                   weight_decay=config.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.train.epochs)
@@ -232,6 +253,8 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
             raise ConfigError(f"{state_path}: was trained with another config (only train.epochs "
                               "may change on resume); use a new output folder")
         model.load_state_dict(state["model"])
+        if averaged is not None:
+            averaged.load_state_dict(state["averaged"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
         scheduler.T_max = config.train.epochs  # a changed epoch budget re-aims the cosine decay
@@ -265,11 +288,13 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             total += float(loss.detach()) * len(y)
             seen += len(y)
             bar.set_postfix(loss=f"{total / seen:.4f}", img_s=f"{seen / (time.time() - tick):.1f}")
         scheduler.step()
-        logits, labels = _evaluate(model, val_loader, config, bf16=config.train.bf16)
+        logits, labels = _evaluate(scored, val_loader, config, bf16=config.train.bf16)
         probs = torch.softmax(torch.from_numpy(logits), -1)[:, positive].numpy()
         aurocs = _population_aurocs(probs, labels == positive, val_populations)
         auc = min(aurocs.values())  # the weaker population decides
@@ -280,11 +305,12 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
         improved = auc > best_auc
         if improved:
             best_auc, best_epoch = auc, epoch
-            _atomic_save({"model": model.state_dict()}, out / "best_weights.pt")
+            _atomic_save({"model": scored.state_dict()}, out / "best_weights.pt")
         per_population = ", ".join(f"{name} {value:.4f}" for name, value in aurocs.items())
         log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, validation AUROC {per_population}"
             f"{' (best)' if improved else ''}, {row['seconds']:.0f} s")
         _atomic_save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                      **({"averaged": averaged.state_dict()} if averaged is not None else {}),
                       "scheduler": scheduler.state_dict(), "epoch": epoch, "best_auc": best_auc,
                       "best_epoch": best_epoch, "history": history, "config": config.to_dict()},
                      state_path)

@@ -222,3 +222,36 @@ def test_adult_pediatric_config_loads() -> None:
     assert config.data.datasets[1].balance == ("label", "view")
     with pytest.raises(ConfigError, match="either source or sources"):
         DataConfig(source="a.csv", sources=config.data.sources)
+
+
+def test_moving_average_is_what_is_validated_saved_and_resumed(toy_csv: Path, tmp_path: Path) -> None:
+    config = _config(toy_csv, epochs=1)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, ema=0.9, erase=1.0))
+    train(config, tmp_path, log=lambda _: None)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in state["averaged"].items() if k.startswith("module.")}
+    kept = torch.load(tmp_path / "best_weights.pt", weights_only=True)["model"]
+    # the saved best is the average, not the last step's weights
+    assert all(torch.equal(kept[k], averaged[k]) for k in kept)
+    assert any(not torch.equal(kept[k], state["model"][k]) for k in kept if kept[k].is_floating_point())
+    assert int(state["averaged"]["n_averaged"]) == 2  # 20 training images, batches of 8, drop_last
+
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2))
+    train(config, tmp_path, log=lambda _: None)
+    assert int(torch.load(tmp_path / "last.pt", weights_only=True)["averaged"]["n_averaged"]) == 4
+
+
+def test_a_run_started_before_new_options_resumes(toy_csv: Path, tmp_path: Path) -> None:
+    train(_config(toy_csv, epochs=1), tmp_path, log=lambda _: None)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    for key in ("ema", "erase"):  # as a run from before these options existed wrote it
+        del state["config"]["train"][key]
+    torch.save(state, tmp_path / "last.pt")
+    train(_config(toy_csv, epochs=2), tmp_path, log=lambda _: None)
+    assert len(torch.load(tmp_path / "last.pt", weights_only=True)["history"]) == 2
+
+
+@pytest.mark.parametrize("field, value", [("ema", 1.0), ("ema", -0.1), ("erase", 1.5)])
+def test_out_of_range_averaging_and_erasing_are_refused(field: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=f"train.{field}"):
+        TrainConfig(**{field: value})
