@@ -180,11 +180,22 @@ def test_reduction_factor_keeps_both_sides_above_the_margin() -> None:
     assert reduction_factor((5000, 5000), None) == 1
 
 
-def test_block_mean_rounds_whole_blocks_in_the_stored_type() -> None:
-    stored = np.arange(35, dtype=np.int16).reshape(5, 7) - 10
-    means = block_mean(stored, 2)
-    assert means.dtype == np.int16 and means.shape == (2, 3)
-    np.testing.assert_array_equal(means, np.rint(stored[:4, :6].reshape(2, 2, 3, 2).mean(axis=(1, 3))))
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32])
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_block_mean_rounds_whole_blocks_in_the_stored_type(dtype: type, factor: int) -> None:
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)
+    low, high = max(int(info.min), -40000), min(int(info.max), 70000)
+    stored = np.random.default_rng(factor).integers(low, high, (53, 71), endpoint=True).astype(dtype)
+    stored[:factor, :factor] = high  # a block at the type's top does not overflow
+    means = block_mean(stored, factor)
+    rows, cols = 53 // factor, 71 // factor
+    exact = stored[: rows * factor, : cols * factor].astype(np.float64).reshape(rows, factor, cols, factor).mean(
+        axis=(1, 3))
+    assert means.dtype == dtype and means.shape == (rows, cols)
+    if np.issubdtype(dtype, np.integer):
+        np.testing.assert_array_equal(means, np.rint(exact))  # halves to even
+    else:
+        np.testing.assert_allclose(means, exact, rtol=1e-6)
 
 
 def test_decoded_levels_reads_the_cod_marker(testdata: DataPath) -> None:

@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 from PIL import Image as PILImage
 from pydicom.encaps import generate_frames
@@ -106,15 +107,20 @@ def reduction_factor(shape: tuple[int, int], min_size: int | None, *, powers_of_
 
 
 def block_mean(stored: np.ndarray, factor: int) -> np.ndarray:
-    """The mean of each whole ``factor x factor`` block, rounded to the input's integer type.
+    """The mean of each whole ``factor x factor`` block, rounded (half to even) to the input's
+    integer type.
 
-    Summed as ``factor`` strided slices per axis (a few times faster than a reshaped mean)
-    in a type wide enough for ``factor**2`` values.
+    8- and 16-bit values: OpenCV's area resize in float32, an exact block mean at integer
+    factors (every sum of up to 16 x 16 such values is a float32 integer), twice as fast as
+    numpy; any other type: numpy's strided sums in a type wide enough.
     """
     if factor == 1:
         return stored
     rows, cols = (n // factor for n in stored.shape)
     whole = stored[: rows * factor, : cols * factor]
+    if stored.dtype in (np.uint8, np.uint16, np.int16) and factor <= 16 and rows and cols:
+        means = cv2.resize(whole.astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA)
+        return np.rint(means).astype(stored.dtype)
     integer = stored.dtype.kind in "iu"
     wide = np.int64 if not integer or stored.dtype.itemsize > 2 or factor > 128 else np.int32
     accumulator = np.zeros((rows * factor, cols), dtype=wide if integer else np.float64)
