@@ -1,6 +1,6 @@
 """The tag gate: does a DICOM header contradict the model's intended use?
 
-:func:`check_tags` reads the header only (read it with ``stop_before_pixels=True``) and
+:func:`check_tags` reads the header only (a data set read with ``stop_before_pixels=True`` will do) and
 answers None when nothing in it contradicts the :class:`~medcam.gate.intended_use.IntendedUse`,
 or the reason for refusing, in words a radiographer can act on::
 

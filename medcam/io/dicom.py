@@ -64,7 +64,7 @@ from medcam.errors import UnsupportedInputError
 from medcam.io.image import DicomIdentity, Image
 from medcam.io.reduce import decode_reduced_dicom, reduction_factor
 
-__all__ = ["DICOMDIR_REASON", "VOI", "is_dicom", "is_dicomdir", "read_dicom", "read_identity"]
+__all__ = ["DICOMDIR_REASON", "VOI", "is_dicom", "is_dicomdir", "read_dataset", "read_dicom", "read_identity"]
 
 VOI = Literal["auto", "lut", "window", "none"] | tuple[float, float]
 
@@ -139,7 +139,8 @@ def read_identity(path: str | Path) -> DicomIdentity | None:
     return identity if identity.sop_instance_uid or identity.study_instance_uid else None
 
 
-def read_dicom(path: str | Path, *, voi: VOI = "auto", min_size: int | None = None) -> Image:
+def read_dicom(path: str | Path, *, voi: VOI = "auto", min_size: int | None = None,
+               dataset: Dataset | None = None) -> Image:
     """Read a single-frame grayscale DICOM image through the display pipeline.
 
     Args:
@@ -150,6 +151,8 @@ def read_dicom(path: str | Path, *, voi: VOI = "auto", min_size: int | None = No
             1.25 times that (:mod:`medcam.io.reduce`); :attr:`Image.reduction` and
             :attr:`Image.full_shape` say how it maps onto the full image. None (default)
             decodes the full resolution.
+        dataset: ``path`` as :func:`read_dataset` read it, when the caller has already read
+            it (e.g. to check its header); it is not read again.
 
     Raises:
         UnsupportedInputError: with the file name and the reason it was refused.
@@ -157,7 +160,7 @@ def read_dicom(path: str | Path, *, voi: VOI = "auto", min_size: int | None = No
     """
     path = Path(path)
     reduction_factor((1, 1), min_size)  # the argument is checked before the file is read
-    ds = _read_dataset(path)
+    ds = dataset if dataset is not None else read_dataset(path)
     _check_image(ds, path)
     try:
         reduced = decode_reduced_dicom(ds, min_size, _stored_pixels)
@@ -193,8 +196,13 @@ def read_dicom(path: str | Path, *, voi: VOI = "auto", min_size: int | None = No
     )
 
 
-def _read_dataset(path: Path) -> Dataset:
-    """The whole data set of ``path``, or a refusal: empty, not DICOM, DICOMDIR, truncated."""
+def read_dataset(path: str | Path) -> Dataset:
+    """The whole data set of ``path``, pixels not yet decoded.
+
+    Raises:
+        UnsupportedInputError: the file is empty, not DICOM, a DICOMDIR, cut short or corrupt.
+    """
+    path = Path(path)
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
