@@ -160,7 +160,11 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
         f"{train_cfg.get('lr', '?')}, weight decay {train_cfg.get('weight_decay', '?')}, cosine schedule, label "
         f"smoothing {train_cfg.get('label_smoothing', 0)}, early stopping on the lowest per-population validation "
         f"AUROC (patience {train_cfg.get('patience', '?')}), seed {train_cfg.get('seed', '?')}.",
-        "- Augmentation: gamma 0.7-1.5, rotation +-10 degrees, scale +-10%, shift +-6%, Gaussian noise; no flips.",
+        "- Augmentation: gamma 0.7-1.5, rotation +-10 degrees, scale +-10%, shift +-6%, Gaussian noise"
+        + (f", one to four random rectangles erased (probability {train_cfg['erase']})" if train_cfg.get("erase")
+           else "") + "; no flips.",
+        *([f"- Validated and kept: the exponential moving average of the weights (decay {train_cfg['ema']} per "
+           "step), not the last step's weights."] if train_cfg.get("ema") else []),
         f"- {training.get('epochs_run', '?')} epochs run, best epoch {training.get('best_epoch', '?')}, "
         f"{training.get('seconds', 0) / 60:.0f} min on {training.get('device', '?')} "
         f"({training.get('threads', '?')} torch thread(s)). Validation AUROC per epoch is in the checkpoint's "

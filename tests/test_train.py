@@ -15,6 +15,7 @@ from PIL import Image as PILImage
 from medcam.config import Config, DataConfig, PreprocessConfig, TrainConfig, load_config
 from medcam.data import read_samples, split_by_patient
 from medcam.errors import ConfigError
+from medcam.modelcard import render_model_card
 from medcam.models import load_checkpoint, save_checkpoint
 from medcam.train import recalibrate, sampling_weights, train
 
@@ -239,6 +240,9 @@ def test_moving_average_is_what_is_validated_saved_and_resumed(toy_csv: Path, tm
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2))
     train(config, tmp_path, log=lambda _: None)
     assert int(torch.load(tmp_path / "last.pt", weights_only=True)["averaged"]["n_averaged"]) == 4
+    card = render_model_card(load_checkpoint(tmp_path / "best.pt"), {}, notes="")
+    assert "random rectangles erased (probability 1.0)" in card
+    assert "moving average of the weights (decay 0.9 per step)" in card
 
 
 def test_a_run_started_before_new_options_resumes(toy_csv: Path, tmp_path: Path) -> None:
