@@ -9,7 +9,8 @@ One run:
    Secondary Capture, relabelled CR so that the intended-use gate scores them rather than
    refusing them before decoding, which would flatter medcam's rate);
 2. (a) the model alone: ``network(x)`` of the served model on inputs already decoded and
-   prepared in memory (channels-last on the CPU, as ``medcam`` serves), batch by batch;
+   prepared in memory (channels-last on the CPU, as ``medcam`` serves), batch by batch, just
+   before and just after step 3, whose ratio is to their mean (the machine's speed drifts);
 3. ``medcam score`` end to end (discovery, decoding workers, the single-pass model, the
    intended-use gate, durable rows), reduced-resolution decoding on (the default);
 4. (c) the same with ``--full-decode``;
@@ -193,16 +194,20 @@ def main() -> None:
         for group, chosen in groups.items():
             folder = work / group
             files = make_files(folder, args.n, chosen)
-            alone = model_alone(classifier, chosen, args.n, args.batch_size)
+            # the machine's speed drifts (a shared virtual machine): (a) is measured just before and
+            # just after medcam score, and the ratio taken to their mean
+            before = model_alone(classifier, chosen, args.n, args.batch_size)
             fast = medcam_score(classifier, folder, work / f"{group}.csv", batch_size=args.batch_size,
                                 workers=args.workers, reduce=True)
+            after = model_alone(classifier, chosen, args.n, args.batch_size)
+            alone = (before + after) / 2
             full = medcam_score(classifier, folder, work / f"{group}-full.csv", batch_size=args.batch_size,
                                 workers=args.workers, reduce=False)
             monai = (float("nan") if args.skip_monai else
                      monai_pipeline(classifier, files, batch_size=args.batch_size, workers=args.workers))
             # one file of each encoding in turn, as in the folder
             decode_ms = decode_cpu_ms(classifier, files, reduce=True)
-            print(f"| {group} ({args.n}) | {alone:.1f} images/s | {fast:.1f} | {fast / alone:.2f}x | {full:.1f} | "
+            print(f"| {group} ({args.n}) | {alone:.1f} images/s ({before:.1f} before, {after:.1f} after) | {fast:.1f} | {fast / alone:.2f}x | {full:.1f} | "
                   f"{fast / full:.2f}x | {monai:.1f} | {fast / monai:.2f}x | {decode_ms:.0f} ms | "
                   f"{core_share(alone, decode_ms, cores):.2f} |", flush=True)
         if args.rss:
