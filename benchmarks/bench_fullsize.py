@@ -207,7 +207,8 @@ def main() -> None:
                      monai_pipeline(classifier, files, batch_size=args.batch_size, workers=args.workers))
             # one file of each encoding in turn, as in the folder
             decode_ms = decode_cpu_ms(classifier, files, reduce=True)
-            print(f"| {group} ({args.n}) | {alone:.1f} images/s ({before:.1f} before, {after:.1f} after) | {fast:.1f} | {fast / alone:.2f}x | {full:.1f} | "
+            print(f"| {group} ({args.n}) | {alone:.1f} images/s ({before:.1f} before, {after:.1f} after) | "
+                  f"{fast:.1f} | {fast / alone:.2f}x | {full:.1f} | "
                   f"{fast / full:.2f}x | {monai:.1f} | {fast / monai:.2f}x | {decode_ms:.0f} ms | "
                   f"{core_share(alone, decode_ms, cores):.2f} |", flush=True)
         if args.rss:
