@@ -14,6 +14,7 @@ import torch
 from PIL import Image as PILImage
 from pydicom.data import get_testdata_file
 
+import medcam.scoring.dataset
 from medcam.cli import main
 from medcam.gate import OODStats, write_ood
 from medcam.io import load_image
@@ -61,6 +62,25 @@ def test_the_tag_gate_refuses_what_the_model_was_not_made_for(tiny_checkpoint: P
     with open(studies_path(out), newline="") as f:
         (study,) = list(csv.DictReader(f))
     assert (study["n_images"], study["n_ok"], study["n_not_analysed"], study["n_error"]) == ("4", "1", "3", "0")
+
+
+def test_a_reader_failing_unexpectedly_before_the_gate_is_that_files_row(
+        tiny_checkpoint: Path, mixed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate reads the data set that is then decoded; whatever that read raises stays in the row."""
+    real = medcam.scoring.dataset.read_dataset
+
+    def read_dataset(path: str | Path) -> pydicom.Dataset:
+        if Path(path).name == "MR_small.dcm":
+            raise RuntimeError("a reader bug")
+        return real(path)
+
+    monkeypatch.setattr(medcam.scoring.dataset, "read_dataset", read_dataset)
+    out = tmp_path / "r.csv"
+    score([mixed], Classifier(str(tiny_checkpoint)), ScoreOptions(out=out, workers=0, progress=False))
+    rows = _rows(out)
+    assert rows["MR_small.dcm"]["status"] == "error"
+    assert rows["MR_small.dcm"]["reason"] == "could not be read (RuntimeError: a reader bug)"
+    assert rows["RG1_UNCR.dcm"]["status"] == "ok" and rows["CT_small.dcm"]["status"] == "not_analysed"
 
 
 def test_ignore_intended_use_analyses_them_and_says_so(tiny_checkpoint: Path, mixed: Path, tmp_path: Path) -> None:

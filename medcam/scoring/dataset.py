@@ -112,6 +112,8 @@ def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
             dataset = read_dataset(item.path)
         except UnsupportedInputError as err:
             return _refused(item.path, err.reason)
+        except Exception as err:  # whatever the file holds, it is this file's row, not the run's end
+            return _refused(item.path, f"could not be read ({type(err).__name__}: {err})")
         refusal = check_tags(dataset, use)
         if refusal and enforce:
             return _refused(item.path, refusal, status="not_analysed")
