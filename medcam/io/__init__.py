@@ -12,12 +12,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from medcam.errors import UnsupportedInputError
-from medcam.io.dicom import DICOMDIR_REASON, VOI, is_dicom, is_dicomdir, read_dataset, read_dicom, read_identity
+from medcam.io.dicom import (
+    DICOMDIR_REASON,
+    VOI,
+    identity_of,
+    is_dicom,
+    is_dicomdir,
+    read_dataset,
+    read_dicom,
+    read_identity,
+)
 from medcam.io.image import DicomIdentity, Image, ImageFormat
 from medcam.io.nifti import read_nifti
 from medcam.io.raster import read_raster
 
-__all__ = ["DICOMDIR_REASON", "VOI", "DicomIdentity", "Image", "ImageFormat", "detect_format",
+__all__ = ["DICOMDIR_REASON", "VOI", "DicomIdentity", "Image", "ImageFormat", "detect_format", "identity_of",
            "is_dicom", "is_dicomdir", "load_image", "read_dataset", "read_dicom", "read_identity", "read_nifti",
            "read_raster"]
 

@@ -64,7 +64,8 @@ from medcam.errors import UnsupportedInputError
 from medcam.io.image import DicomIdentity, Image
 from medcam.io.reduce import decode_reduced_dicom, reduction_factor
 
-__all__ = ["DICOMDIR_REASON", "VOI", "is_dicom", "is_dicomdir", "read_dataset", "read_dicom", "read_identity"]
+__all__ = ["DICOMDIR_REASON", "VOI", "identity_of", "is_dicom", "is_dicomdir", "read_dataset", "read_dicom",
+           "read_identity"]
 
 VOI = Literal["auto", "lut", "window", "none"] | tuple[float, float]
 
@@ -135,6 +136,11 @@ def read_identity(path: str | Path) -> DicomIdentity | None:
             "FrameOfReferenceUID", "PatientID"])
     except Exception:  # junk has no header, which is the answer
         return None
+    return identity_of(ds)
+
+
+def identity_of(ds: Dataset) -> DicomIdentity | None:
+    """The UIDs of a data set already read; None when it has none."""
     identity = _identity(ds)
     return identity if identity.sop_instance_uid or identity.study_instance_uid else None
 

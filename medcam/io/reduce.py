@@ -111,8 +111,8 @@ def block_mean(stored: np.ndarray, factor: int) -> np.ndarray:
     integer type.
 
     8- and 16-bit values: OpenCV's area resize in float32, an exact block mean at integer
-    factors (every sum of up to 16 x 16 such values is a float32 integer), twice as fast as
-    numpy; any other type: numpy's strided sums in a type wide enough.
+    factors (every sum of up to 16 x 16 such values is a float32 integer); any other type:
+    numpy's strided sums in a type wide enough.
     """
     if factor == 1:
         return stored

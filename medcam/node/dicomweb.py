@@ -45,8 +45,6 @@ __all__ = ["PREFIX", "Fetched", "StowReport", "fetch_folder", "fetch_instances",
 
 #: An input of ``medcam score`` that names an archive: ``dicomweb:http://host:8042/dicom-web``.
 PREFIX = "dicomweb:"
-#: The SOP classes fetched: projection radiographs and Secondary Capture, as the tag gate reads them.
-FETCHED_SOP_CLASSES = IMAGE_SOP_CLASSES
 TIMEOUT = 300.0  # seconds: a large radiograph over a slow link
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -176,7 +174,7 @@ def _describe(err: Exception) -> str:
 def _wanted(item: dict[str, Any]) -> bool:
     """An instance medcam reads: a radiograph or secondary capture (or of unknown class), not medcam's own."""
     sop_class = _value(item, _SOP_CLASS)
-    if sop_class and sop_class not in FETCHED_SOP_CLASSES:
+    if sop_class and sop_class not in IMAGE_SOP_CLASSES:
         return False
     return _value(item, _MANUFACTURER).strip().lower() != MANUFACTURER
 

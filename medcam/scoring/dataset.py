@@ -19,13 +19,14 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import pydicom
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medcam.config import PreprocessConfig
 from medcam.errors import UnsupportedInputError
 from medcam.gate import IntendedUse, check_tags
-from medcam.io import VOI, Image, detect_format, load_image, read_dataset, read_dicom, read_identity
+from medcam.io import VOI, Image, detect_format, identity_of, load_image, read_dataset, read_dicom, read_identity
 from medcam.models.grid import GridTransform
 from medcam.models.preprocess import prepare
 from medcam.scoring.discover import Item
@@ -116,7 +117,7 @@ def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
             return _refused(item.path, f"could not be read ({type(err).__name__}: {err})")
         refusal = check_tags(dataset, use)
         if refusal and enforce:
-            return _refused(item.path, refusal, status="not_analysed")
+            return _refused(item.path, refusal, status="not_analysed", dataset=dataset)
         note = f"{IGNORED}: {refusal}" if refusal else ""
     min_size = preprocess.size if reduce else None
     try:
@@ -124,9 +125,9 @@ def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
                  read_dicom(item.path, voi=voi, min_size=min_size, dataset=dataset))
         tensor, transform = prepare(image, preprocess)
     except UnsupportedInputError as err:
-        return _refused(item.path, err.reason)
+        return _refused(item.path, err.reason, dataset=dataset)
     except Exception as err:  # a decoder's own failure is this file's problem, reported in its row
-        return _refused(item.path, f"could not be read ({type(err).__name__}: {err})")
+        return _refused(item.path, f"could not be read ({type(err).__name__}: {err})", dataset=dataset)
     identity = image.identity
     return Record(
         path=item.path,
@@ -151,10 +152,15 @@ def _not_an_input(path: str) -> str:
     return "not an image (no DICOM, NIfTI, PNG or JPEG content or name)"
 
 
-def _refused(path: str, reason: str, status: str = "error") -> Record:
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
-        reason = "empty file"
-    identity = read_identity(path) if detect_format(path) == "dicom" else None
+def _refused(path: str, reason: str, status: str = "error", dataset: pydicom.Dataset | None = None) -> Record:
+    """A refused file's record, placed in its study when it has UIDs (from ``dataset`` when the
+    file was already read, else from its header)."""
+    if dataset is not None:
+        identity = identity_of(dataset)
+    else:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            reason = "empty file"
+        identity = read_identity(path) if detect_format(path) == "dicom" else None
     if identity is None:
         return Record(path, status=status, reason=reason)
     return Record(path, status=status, reason=reason, sop_instance_uid=identity.sop_instance_uid,
