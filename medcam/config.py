@@ -22,17 +22,26 @@ __all__ = ["Config", "DataConfig", "DatasetConfig", "ModelConfig", "PreprocessCo
 ARCHITECTURES = ("densenet121", "resnet18", "resnet50", "seresnet50", "efficientnet-b0")
 RESIZE_MODES = ("stretch", "letterbox")
 INTENSITY_MODES = ("zscore", "unit")
+OUTPUT_STRIDES = (32, 16)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network: MONAI architecture, dimensions and the class names, in output order."""
+    """The network: MONAI architecture, dimensions and the class names, in output order.
+
+    ``output_stride``: input pixels per cell of the last feature grid, and so of the class
+    activation maps. 32 is the architecture as published (a 9x9 grid at 288 px); 16 (DenseNet121
+    only) drops the pooling before the last dense block and dilates its 3x3 convolutions by 2,
+    so that the block sees the same context on a grid twice as fine (18x18 at 288 px). It adds
+    no weights: a stride-32 checkpoint initialises a stride-16 network.
+    """
 
     architecture: str = "densenet121"
     spatial_dims: int = 2
     in_channels: int = 1
     classes: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
     positive_class: str = "PNEUMONIA"
+    output_stride: int = 32
 
     def __post_init__(self) -> None:
         check_choice("model.architecture", self.architecture, ARCHITECTURES)
@@ -41,6 +50,11 @@ class ModelConfig:
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"model.classes must be two or more distinct names, got {self.classes!r}")
         check_choice("model.positive_class", self.positive_class, self.classes)
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise ConfigError(f"model.output_stride must be one of {OUTPUT_STRIDES}, got {self.output_stride!r}")
+        if self.output_stride != 32 and self.architecture != "densenet121":
+            raise ConfigError(f"model.output_stride {self.output_stride} is available for densenet121 only, "
+                              f"not {self.architecture}")
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from tqdm import tqdm
 import medcam
 from medcam.calibration import Calibration, fit_operating_point
 from medcam.commands.gate import fit_ood_on
-from medcam.config import Config, TrainConfig
+from medcam.config import Config, ModelConfig, TrainConfig
 from medcam.data import Sample, data_hash, read_samples, split_by_patient, write_samples
 from medcam.errors import ConfigError
 from medcam.files import atomic_open
@@ -183,7 +183,8 @@ def _without_epochs(config: dict[str, Any]) -> dict[str, Any]:
     Options added since a run started count at their defaults (which keep the old behaviour).
     """
     train = {**dataclasses.asdict(TrainConfig()), **config["train"]}
-    return {**{k: v for k, v in config.items() if k != "intended_use"},
+    model = {**dataclasses.asdict(ModelConfig()), **config["model"]}
+    return {**{k: v for k, v in config.items() if k != "intended_use"}, "model": model,
             "train": {k: v for k, v in train.items() if k != "epochs"}}
 
 

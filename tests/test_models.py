@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 import re
@@ -18,7 +19,7 @@ from torch import nn
 
 from medcam.calibration import Calibration
 from medcam.config import ModelConfig, PreprocessConfig
-from medcam.errors import CheckpointError, UnsupportedModelError
+from medcam.errors import CheckpointError, ConfigError, UnsupportedModelError
 from medcam.io.image import Image
 from medcam.models import (
     CAMMethod,
@@ -36,6 +37,7 @@ from medcam.models import (
 )
 from medcam.models.checkpoint import resave_checkpoint
 from medcam.models.grid import resize_to_model
+from medcam.models.networks import build_network
 
 # MONAI's occlusion code indexes with lists, which torch warns about; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")
@@ -403,13 +405,44 @@ def test_checkpoint_refuses_a_newer_format_and_a_malformed_bias(tmp_path: Path, 
     path = tmp_path / "model.pt"
     save_checkpoint(path, densenet2d, MODEL, PREPROCESS, class_bias=(0.0, 0.2))
     payload = torch.load(path, weights_only=True)
-    torch.save({**payload, "format_version": 3}, tmp_path / "newer.pt")
-    with pytest.raises(CheckpointError, match="format version 3 is newer"):
+    torch.save({**payload, "format_version": 4}, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match="format version 4 is newer"):
         load_checkpoint(tmp_path / "newer.pt")
     payload["metadata"]["class_bias"] = [0.0, 0.2, 0.4]
     torch.save(payload, tmp_path / "three.pt")
     with pytest.raises(CheckpointError, match="class_bias has 3 values for 2 classes"):
         load_checkpoint(tmp_path / "three.pt")
+
+
+def test_output_stride_16_halves_the_cam_cells_with_the_same_weights(tmp_path: Path, densenet2d: nn.Module) -> None:
+    finer = dataclasses.replace(MODEL, output_stride=16)
+    network = build_network(finer)
+    network.load_state_dict(densenet2d.state_dict())  # no weight added or reshaped
+    x = _images((128, 128))
+    coarse, fine = convert_to_cam(densenet2d), convert_to_cam(network)  # each checked against its network
+    with torch.inference_mode():
+        assert tuple(coarse(x).maps.shape) == (2, 2, 4, 4)
+        assert tuple(fine(x).maps.shape) == (2, 2, 8, 8)
+    plain, strided = tmp_path / "plain.pt", tmp_path / "strided.pt"
+    save_checkpoint(plain, densenet2d, MODEL, PREPROCESS)
+    save_checkpoint(strided, network, finer, PREPROCESS)
+    payload = torch.load(plain, weights_only=True)
+    assert payload["format_version"] == 1 and "output_stride" not in payload["metadata"]["model"], \
+        "a medcam without output_stride still reads stride-32 files"
+    assert torch.load(strided, weights_only=True)["format_version"] == 3, "and refuses stride-16 ones"
+    loaded = load_checkpoint(strided)
+    assert loaded.model.output_stride == 16 and load_checkpoint(plain).model.output_stride == 32
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.network(x), network.eval()(x))
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"output_stride": 8}, "must be one of"),
+    ({"architecture": "resnet18", "output_stride": 16}, "densenet121 only"),
+])
+def test_unsupported_output_strides_are_refused(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**fields)  # type: ignore[arg-type]
 
 
 def test_resave_checkpoint_changes_the_calibration_and_keeps_the_rest(tmp_path: Path, densenet2d: nn.Module) -> None:

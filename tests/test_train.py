@@ -16,7 +16,7 @@ from medcam.config import Config, DataConfig, PreprocessConfig, TrainConfig, loa
 from medcam.data import read_samples, split_by_patient
 from medcam.errors import ConfigError
 from medcam.modelcard import render_model_card
-from medcam.models import load_checkpoint, save_checkpoint
+from medcam.models import Classifier, load_checkpoint, save_checkpoint
 from medcam.train import recalibrate, sampling_weights, train
 
 
@@ -250,9 +250,25 @@ def test_a_run_started_before_new_options_resumes(toy_csv: Path, tmp_path: Path)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     for key in ("ema", "erase"):  # as a run from before these options existed wrote it
         del state["config"]["train"][key]
+    del state["config"]["model"]["output_stride"]
     torch.save(state, tmp_path / "last.pt")
     train(_config(toy_csv, epochs=2), tmp_path, log=lambda _: None)
     assert len(torch.load(tmp_path / "last.pt", weights_only=True)["history"]) == 2
+
+
+def test_output_stride_16_trains_from_a_stride_32_checkpoint(toy_csv: Path, tmp_path: Path) -> None:
+    config = _config(toy_csv, epochs=1)
+    train(config, tmp_path / "first", log=lambda _: None)
+    start = load_checkpoint(tmp_path / "first" / "best.pt")
+    finer = dataclasses.replace(config, model=dataclasses.replace(config.model, output_stride=16),
+                                train=dataclasses.replace(config.train, init_from=start.path,
+                                                          init_model_id=start.model_id))
+    train(finer, tmp_path / "second", log=lambda _: None)
+    trained = load_checkpoint(tmp_path / "second" / "best.pt")
+    assert trained.model.output_stride == 16
+    with torch.inference_mode():
+        maps = Classifier(trained).forward(torch.zeros(1, 1, 64, 64)).maps
+    assert tuple(maps.shape[-2:]) == (4, 4)  # 64 / 16
 
 
 @pytest.mark.parametrize("field, value", [("ema", 1.0), ("ema", -0.1), ("erase", 1.5)])

@@ -10,7 +10,9 @@ unpickles arbitrary objects. It carries the model config, the preprocessing, the
 calibration (``temperature``, and ``class_bias`` for Platt scaling, see
 :mod:`medcam.calibration`) and operating threshold, and whatever training recorded. A file
 with a ``class_bias`` is format version 2, so that a medcam too old to apply the bias refuses
-it instead of reporting wrong probabilities; files without one stay version 1. The model id
+it instead of reporting wrong probabilities; one whose network has an output stride other than
+32 (``model.output_stride``) is version 3 for the same reason; the others stay version 1, and
+their model metadata leave the stride out, so that older versions still read them. The model id
 shown to users is the architecture plus the first 12 hex digits of the file's SHA-256.
 """
 
@@ -37,7 +39,7 @@ from medcam.models.networks import build_network
 __all__ = ["BUNDLED_MODEL", "Checkpoint", "load_checkpoint", "resave_checkpoint", "save_checkpoint"]
 
 FORMAT = "medcam-checkpoint"
-FORMAT_VERSION = 2  # the newest this medcam reads; 2 adds class_bias
+FORMAT_VERSION = 3  # the newest this medcam reads; 2 adds class_bias, 3 model.output_stride
 BUNDLED_MODEL = "bundled"
 
 
@@ -106,8 +108,11 @@ def save_checkpoint(
         k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
         for k, v in network.state_dict().items()
     }
+    model_meta = _plain(dataclasses.asdict(model))
+    if model.output_stride == ModelConfig.output_stride:
+        del model_meta["output_stride"]
     metadata: dict[str, Any] = {
-        "model": _plain(dataclasses.asdict(model)),
+        "model": model_meta,
         "preprocess": dataclasses.asdict(preprocess),
         "temperature": calibration.temperature,
         "threshold": float(threshold),
@@ -118,8 +123,8 @@ def save_checkpoint(
     if calibration.bias is not None:
         metadata["class_bias"] = list(calibration.bias)
     metadata.update(_plain(extra or {}))
-    payload = {"format": FORMAT, "format_version": 1 if calibration.bias is None else 2, "state_dict": state,
-               "metadata": metadata}
+    version = 3 if "output_stride" in model_meta else 1 if calibration.bias is None else 2
+    payload = {"format": FORMAT, "format_version": version, "state_dict": state, "metadata": metadata}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as f:
