@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,25 @@ def test_jpeg_2000_samples_are_moved_onto_the_block_centres(
     monkeypatch.setattr(medcam.io.reduce, "_onto_blocks", lambda samples, factor: samples)
     _, unmoved, _ = compare(full, load_image(path, min_size=SIZE))
     assert moved < 0.6 * unmoved, (moved, unmoved)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32])
+@pytest.mark.parametrize("factor", [2, 4, 8, 16])
+def test_moving_onto_block_centres_is_exact(dtype: type, factor: int) -> None:
+    """The interpolation equals its exact rational value (up to float64's last bit for int32)."""
+    info = np.iinfo(dtype)
+    samples = np.random.default_rng(factor).integers(info.min, info.max, (37, 29), endpoint=True, dtype=dtype)
+    moved = medcam.io.reduce._onto_blocks(samples, factor)
+    w = Fraction(factor - 1, 2 * factor)
+    for i, j in [(0, 0), (5, 7), (36, 3), (12, 28), (36, 28)]:
+        i1, j1 = min(i + 1, 36), min(j + 1, 28)
+        def at(r: int, c: int) -> Fraction:
+            return Fraction(int(samples[r, c]))
+        row = (1 - w) * at(i, j) + w * at(i1, j), (1 - w) * at(i, j1) + w * at(i1, j1)
+        exact = (1 - w) * row[0] + w * row[1]
+        assert abs(Fraction(float(moved[i, j])) - exact) <= abs(exact) * Fraction(1, 2**52), (i, j)
+        if np.dtype(dtype).itemsize <= 2:
+            assert Fraction(float(moved[i, j])) == exact, (i, j)
 
 
 def test_reduced_geometry_spacing_affine_and_full_shape(testdata: DataPath) -> None:
