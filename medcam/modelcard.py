@@ -65,6 +65,11 @@ def _tables(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _grid(ckpt: Checkpoint) -> str:
+    cells = ckpt.preprocess.size // ckpt.model.output_stride
+    return f"{cells}x{cells}"
+
+
 def _calibration(ckpt: Checkpoint) -> str:
     """How the probabilities are calibrated, and on what."""
     bias = ckpt.class_bias
@@ -117,7 +122,9 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
         f"- Classes: {', '.join(ckpt.model.classes)}; positive class {ckpt.model.positive_class}.",
         f"- Input: {ckpt.preprocess.size}x{ckpt.preprocess.size}, resize `{ckpt.preprocess.resize}`, "
         f"intensity `{ckpt.preprocess.intensity}` after the medcam display pipeline; class activation maps on a "
-        f"{ckpt.preprocess.size // 32}x{ckpt.preprocess.size // 32} grid from the same forward pass.",
+        f"{_grid(ckpt)} grid from the same forward pass"
+        + (f" (output stride {ckpt.model.output_stride}: no pooling before the last dense block, its 3x3 "
+           "convolutions dilated by 2)" if ckpt.model.output_stride != 32 else "") + ".",
         f"- Calibration: {_calibration(ckpt)}",
         f"- Operating point: PNEUMONIA flagged at calibrated p >= {ckpt.threshold:.3f}, the highest threshold with "
         f"sensitivity >= {sensitivity} in every population's validation split.",

@@ -269,6 +269,8 @@ def test_output_stride_16_trains_from_a_stride_32_checkpoint(toy_csv: Path, tmp_
     with torch.inference_mode():
         maps = Classifier(trained).forward(torch.zeros(1, 1, 64, 64)).maps
     assert tuple(maps.shape[-2:]) == (4, 4)  # 64 / 16
+    assert "on a 4x4 grid from the same forward pass (output stride 16" in render_model_card(trained, {}, notes="")
+    assert "on a 2x2 grid from the same forward pass." in render_model_card(start, {}, notes="")
 
 
 @pytest.mark.parametrize("field, value", [("ema", 1.0), ("ema", -0.1), ("erase", 1.5)])

@@ -29,10 +29,11 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 from PIL import Image as PILImage
 from pydicom.encaps import generate_frames
 from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit
@@ -198,7 +199,7 @@ def _onto_blocks(samples: np.ndarray, factor: int) -> np.ndarray:
     ``f <= 8`` need at most 24 significant bits), else float64: the same values either way.
     """
     exact32 = samples.dtype.itemsize <= 2 and factor <= 8
-    out = samples.astype(np.float32 if exact32 else np.float64)
+    out: npt.NDArray[np.floating[Any]] = samples.astype(np.float32 if exact32 else np.float64)
     weight = (factor - 1) / (2 * factor)
     out[:-1] += weight * (out[1:] - out[:-1])
     out[:, :-1] += weight * (out[:, 1:] - out[:, :-1])
