@@ -133,28 +133,49 @@ def test_jpeg_2000_samples_are_moved_onto_the_block_centres(
     path = testdata("RG3_J2KR.dcm")
     full = load_image(path)
     _, moved, _ = compare(full, load_image(path, min_size=SIZE))
-    monkeypatch.setattr(medcam.io.reduce, "_onto_blocks", lambda samples, factor: samples)
+    monkeypatch.setattr(medcam.io.reduce, "_onto_blocks", lambda samples, factor, precision: samples)
     _, unmoved, _ = compare(full, load_image(path, min_size=SIZE))
     assert moved < 0.6 * unmoved, (moved, unmoved)
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32])
+@pytest.mark.parametrize(("precision", "signed"), [(8, False), (12, False), (15, False), (16, False), (16, True),
+                                                 (20, False)])
 @pytest.mark.parametrize("factor", [2, 4, 8, 16])
-def test_moving_onto_block_centres_is_exact(dtype: type, factor: int) -> None:
-    """The interpolation equals its exact rational value (up to float64's last bit for int32)."""
-    info = np.iinfo(dtype)
-    samples = np.random.default_rng(factor).integers(info.min, info.max, (37, 29), endpoint=True, dtype=dtype)
-    moved = medcam.io.reduce._onto_blocks(samples, factor)
+def test_moving_onto_block_centres_is_exact(precision: int, signed: bool, factor: int) -> None:
+    """OpenJPEG hands over int32 samples of ``precision`` bits; the interpolation equals its
+    exact rational value, in float32 up to 16 bits at factors up to 8, else in float64."""
+    low, high = (-(2 ** (precision - 1)), 2 ** (precision - 1) - 1) if signed else (0, 2**precision - 1)
+    samples = np.random.default_rng(factor).integers(low, high, (37, 29), endpoint=True).astype(np.int32)
+    samples[:2, :2] = high  # the largest values take the most bits
+    moved = medcam.io.reduce._onto_blocks(samples, factor, precision)
+    assert moved.dtype == (np.float32 if precision <= 16 and factor <= 8 else np.float64)
     w = Fraction(factor - 1, 2 * factor)
+
+    def at(r: int, c: int) -> Fraction:
+        return Fraction(int(samples[min(r, 36), min(c, 28)]))
+
     for i, j in [(0, 0), (5, 7), (36, 3), (12, 28), (36, 28)]:
-        i1, j1 = min(i + 1, 36), min(j + 1, 28)
-        def at(r: int, c: int) -> Fraction:
-            return Fraction(int(samples[r, c]))
-        row = (1 - w) * at(i, j) + w * at(i1, j), (1 - w) * at(i, j1) + w * at(i1, j1)
-        exact = (1 - w) * row[0] + w * row[1]
-        assert abs(Fraction(float(moved[i, j])) - exact) <= abs(exact) * Fraction(1, 2**52), (i, j)
-        if np.dtype(dtype).itemsize <= 2:
-            assert Fraction(float(moved[i, j])) == exact, (i, j)
+        top = (1 - w) * at(i, j) + w * at(i + 1, j)
+        bottom = (1 - w) * at(i, j + 1) + w * at(i + 1, j + 1)
+        assert Fraction(float(moved[i, j])) == (1 - w) * top + w * bottom, (i, j)
+
+
+def test_jpeg_2000_reduced_decode_moves_samples_in_float32(
+    testdata: DataPath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RG1 (15 bits), reduced for the model, takes the float32 path: OpenJPEG's int32 samples do not force float64."""
+    if library_version() is None:
+        pytest.skip("no OpenJPEG library")
+    seen: list[np.dtype] = []
+    original = medcam.io.reduce._onto_blocks
+
+    def spy(samples: np.ndarray, factor: int, precision: int) -> np.ndarray:
+        seen.append(original(samples, factor, precision).dtype)
+        return original(samples, factor, precision)
+
+    monkeypatch.setattr(medcam.io.reduce, "_onto_blocks", spy)
+    load_image(testdata("RG1_J2KR.dcm"), min_size=SIZE)
+    assert seen == [np.dtype(np.float32)]
 
 
 def test_reduced_geometry_spacing_affine_and_full_shape(testdata: DataPath) -> None:

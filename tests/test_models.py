@@ -432,8 +432,32 @@ def test_output_stride_16_halves_the_cam_cells_with_the_same_weights(tmp_path: P
     assert torch.load(strided, weights_only=True)["format_version"] == 3, "and refuses stride-16 ones"
     loaded = load_checkpoint(strided)
     assert loaded.model.output_stride == 16 and load_checkpoint(plain).model.output_stride == 32
+    resave_checkpoint(strided, out=tmp_path / "platt.pt", calibration=Calibration(1.2, (0.0, 0.3)))
+    assert torch.load(tmp_path / "platt.pt", weights_only=True)["format_version"] == 3
+    assert load_checkpoint(tmp_path / "platt.pt").model.output_stride == 16
     with torch.inference_mode():
         torch.testing.assert_close(loaded.network(x), network.eval()(x))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_dilated_last_block_sees_what_the_pooled_one_saw(dims: int) -> None:
+    """On a grid twice as fine, the dilated block of a stride-16 network computes exactly what
+    the stride-32 block computes, cell for cell: block16(upsampled x) == upsampled block32(x)."""
+    torch.manual_seed(dims)
+    coarse = build_network(dataclasses.replace(MODEL, spatial_dims=dims))
+    for module in coarse.modules():  # non-trivial normalisation, so that every step matters
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    fine = build_network(dataclasses.replace(MODEL, spatial_dims=dims, output_stride=16))
+    fine.load_state_dict(coarse.state_dict())
+    coarse.eval(), fine.eval()
+    assert isinstance(fine.features.transition3.pool, nn.Identity)
+    x = torch.randn(1, 512, *([5] * dims))
+    up = nn.Upsample(scale_factor=2, mode="nearest")
+    with torch.inference_mode():
+        expected = up(coarse.features.denseblock4(x))
+        torch.testing.assert_close(fine.features.denseblock4(up(x)), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(("fields", "message"), [

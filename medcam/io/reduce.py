@@ -186,19 +186,22 @@ def _jpeg2000(ds: Dataset, shape: tuple[int, int], min_size: int | None) -> Redu
     if samples.shape != expected:
         return None
     dtype = np.dtype(f"{'i' if signed else 'u'}{max(1, (int(ds.BitsAllocated) + 7) // 8)}")
-    return Reduced(np.rint(_onto_blocks(samples, factor)).astype(dtype), factor,
+    return Reduced(np.rint(_onto_blocks(samples, factor, precision)).astype(dtype), factor,
                    f"JPEG 2000 decoded {levels} resolution levels down (1/{factor})")
 
 
-def _onto_blocks(samples: np.ndarray, factor: int) -> np.ndarray:
+def _onto_blocks(samples: np.ndarray, factor: int, precision: int) -> np.ndarray:
     """JPEG 2000 samples centred on source ``f j`` moved onto the block centres ``f j +
     (f - 1) / 2``: a linear interpolation ``(f - 1) / (2 f)`` of the way to the next sample
     along each axis (the last one is repeated).
 
-    In float32 where that is exact (the weight has ``log2 f`` + 1 bits, so 16-bit samples at
-    ``f <= 8`` need at most 24 significant bits), else float64: the same values either way.
+    ``f`` is a power of two (resolution levels) and ``precision`` the samples' bit depth. The
+    weight has ``log2 f + 1`` fractional bits, so after both axes a value is a multiple of
+    ``(2 f)^-2`` no larger in magnitude than the largest sample: float32 holds every
+    intermediate exactly for samples of up to 16 bits at ``f <= 8``, float64 is used otherwise;
+    the values are the same either way.
     """
-    exact32 = samples.dtype.itemsize <= 2 and factor <= 8
+    exact32 = precision <= 16 and factor <= 8
     out: npt.NDArray[np.floating[Any]] = samples.astype(np.float32 if exact32 else np.float64)
     weight = (factor - 1) / (2 * factor)
     out[:-1] += weight * (out[1:] - out[:-1])

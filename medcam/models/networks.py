@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from monai.networks import nets
 from torch import nn
-from torch.nn.modules.conv import _ConvNd
 
 from medcam.config import ModelConfig
 
@@ -42,6 +41,6 @@ def _dilate_last_block(network: nn.Module) -> None:
     features = network.get_submodule("features")
     features.get_submodule("transition3").pool = nn.Identity()
     for conv in features.get_submodule("denseblock4").modules():
-        if isinstance(conv, _ConvNd) and max(conv.kernel_size) > 1:
+        if isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and max(conv.kernel_size) > 1:
             conv.dilation = tuple(2 for _ in conv.kernel_size)
             conv.padding = tuple(2 * (k // 2) for k in conv.kernel_size)
