@@ -26,6 +26,7 @@ from PIL import Image as PILImage
 from medcam.export import overlay
 from medcam.io import load_image
 from medcam.models import Classifier, normalise_maps
+from medcam.models.checkpoint import bundled_checkpoint_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +89,9 @@ def main() -> None:
             ax.imshow(overlay(pixels, heat, opacity=0.5))
             ax.set_title(f"{'pneumonia' if label else 'normal'}, p = {p:.2f}", fontsize=9)
         source = SOURCES.get(population, "")
-        fig.suptitle(f"Pneumonia CAMs of the bundled model on {population or 'test'} test-split images {source}",
+        who = "the bundled model" if classifier.checkpoint.path == str(bundled_checkpoint_path()) else \
+            classifier.checkpoint.model_id
+        fig.suptitle(f"Pneumonia CAMs of {who} on {population or 'test'} test-split images {source}",
                      fontsize=10)
         fig.tight_layout()
         name = f"cam_grid_{population}.png" if population else "cam_grid.png"
