@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
 from medcam.data import read_samples
@@ -64,5 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     main()
