@@ -191,3 +191,23 @@ def maxpool_cnn2d() -> nn.Module:
     """Tiny CNN with global MAX pooling (no GAP layer), 2D, 3 classes."""
     _seeded(9)
     return tiny_cnn(2, "maxpool")
+
+
+# --- medcam's own results, to be refused when they come back as inputs -------------------------
+
+from medcam.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def own_results(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """What ``medcam export --formats sc,png`` and ``medcam predict`` write for pydicom-data's RG1
+    chest CR with the tiny model: ``sc`` (the Secondary Capture), ``overlay`` and ``mask`` (the
+    region PNGs) and ``cam_overlay`` (the CAM overlay PNG)."""
+    rg1 = testdata_path("RG1_UNCR.dcm")
+    out = tmp_path_factory.mktemp("own")
+    assert main(["export", str(rg1), "--model", str(tiny_checkpoint), "--formats", "sc,png", "--threshold", "otsu",
+                 "--min-area", "50", "--out", str(out / "export")]) == 0
+    assert main(["predict", str(rg1), "--model", str(tiny_checkpoint), "--out", str(out / "predict")]) == 0
+    found = {"sc": "export/*_sc.dcm", "overlay": "export/*_overlay.png", "mask": "export/*_mask.png",
+             "cam_overlay": "predict/*_overlay.png"}
+    return {kind: next(out.glob(pattern)) for kind, pattern in found.items()}

@@ -1,8 +1,9 @@
 """medcam.gate: intended use in the checkpoint, the DICOM tag gate, the out-of-distribution score.
 
-The tag gate runs on every non-radiograph of pydicom's and pydicom-data's test corpora and on
-pydicom-data's chest (RG1) and extremity (RG3) radiographs; the image gate on the bundled
-model with pediatric chest films of ../shared and PNGs made from pydicom's CT and MR slices.
+The tag gate runs on every non-radiograph of pydicom's and pydicom-data's test corpora, on
+pydicom-data's chest (RG1) and extremity (RG3) radiographs and on the RSNA Pneumonia Challenge's
+Secondary Captures of chest radiographs in ../shared; the image gate on the bundled model with
+pediatric chest films of ../shared and PNGs made from pydicom's CT and MR slices.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from medcam.errors import CheckpointError, ConfigError
 from medcam.gate import (
     IntendedUse,
     OODStats,
+    ServedModel,
     check_tags,
     collect_features,
     fit_ood,
@@ -37,9 +39,9 @@ from medcam.gate import (
     write_intended_use,
     write_ood,
 )
-from medcam.gate.tags import SECONDARY_CAPTURE_SOP_CLASSES
+from medcam.gate.tags import SECONDARY_CAPTURE_SOP_CLASSES, SINGLE_FRAME_CAPTURE, tag_notes
 from medcam.io import read_dicom
-from medcam.models import Classifier, load_checkpoint
+from medcam.models import load_checkpoint
 from tests.conftest import SHARED
 from tests.conftest import testdata_path as _testdata
 
@@ -47,6 +49,9 @@ ADULT = IntendedUse(min_age=18, max_age=90)
 RG1 = ("RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm")
 RG3 = ("RG3_UNCR.dcm", "RG3_UNCI.dcm", "RG3_J2KR.dcm", "RG3_J2KI.dcm")
 NON_RADIOGRAPH_MODALITIES = {"CT", "MR", "US", "NM", "OT", "PT"}
+NOT_A_CAPTURE_OF_A_RADIOGRAPH = "secondary capture that is not a plain capture of a radiograph: "
+# RG1's header as a Secondary Capture of it (without RG1's own Image Type, DERIVED\PRIMARY)
+CAPTURE: dict[str, object] = {"SOPClassUID": SINGLE_FRAME_CAPTURE, "ImageType": None}
 
 
 def _header(name: str) -> Dataset:
@@ -157,21 +162,38 @@ def test_every_non_radiograph_image_of_the_test_corpora_is_refused(
     for name, ds in picked:
         reason = check_tags(ds, IntendedUse())
         modality = str(ds.get("Modality", ""))
-        expected = f"modality {modality}" if modality else "Secondary Capture image"
+        capture = str(ds.get("SOPClassUID", "")) in SECONDARY_CAPTURE_SOP_CLASSES
+        expected = NOT_A_CAPTURE_OF_A_RADIOGRAPH if capture and modality in ("", "OT") else f"modality {modality}"
         assert reason is not None and reason.startswith(expected), (name, reason)
         assert "this model reads" in reason
+        assert tag_notes(ds, IntendedUse()) == []
 
 
-def test_secondary_capture_without_modality_is_refused_by_its_sop_class(
-    corpus_headers: list[tuple[str, Dataset]]
-) -> None:
+def test_secondary_capture_without_modality_is_refused(corpus_headers: list[tuple[str, Dataset]]) -> None:
+    """The one tag whose absence refuses: a capture's Modality is its only claim to show a radiograph."""
     headers = [ds for _, ds in corpus_headers
                if "Modality" not in ds and str(ds.get("SOPClassUID", "")) in SECONDARY_CAPTURE_SOP_CLASSES]
     assert headers, "pydicom's corpus has Secondary Capture files without Modality"
     for ds in headers:
-        assert check_tags(ds, IntendedUse()) == (
-            "Secondary Capture image (a screenshot, scan or export, not an original radiograph); "
-            "this model reads original chest radiographs only")
+        reason = check_tags(ds, IntendedUse())
+        assert reason is not None and reason.startswith(f"{NOT_A_CAPTURE_OF_A_RADIOGRAPH}no Modality"), reason
+        assert reason.endswith("; this model reads chest radiographs (CR, DX) and greyscale captures of them "
+                               "(ConversionType WSD, DF, DI or none) only")
+
+
+def test_every_rsna_secondary_capture_is_read_as_the_radiograph_it_holds(rsna_dicoms: list[Path]) -> None:
+    """The RSNA Pneumonia Challenge's chest films: Secondary Captures (Modality CR, ConversionType
+    WSD), passed by the default rule and by the bundled checkpoint's intended use, which predates
+    the rule (``allow_secondary_capture: false``)."""
+    bundled_use = read_intended_use(load_checkpoint("bundled"))
+    assert load_checkpoint("bundled").metadata["intended_use"]["allow_secondary_capture"] is False
+    assert len(rsna_dicoms) >= 4
+    for path in rsna_dicoms:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert (ds.SOPClassUID, ds.Modality, ds.ConversionType) == (SINGLE_FRAME_CAPTURE, "CR", "WSD")
+        for use in (IntendedUse(), bundled_use, IntendedUse(allow_secondary_capture=True)):
+            assert tag_findings(ds, use) == [], path.name
+            assert tag_notes(ds, use) == ["secondary capture of a radiograph (ConversionType WSD)"]
 
 
 @pytest.mark.parametrize("name", RG3)
@@ -234,7 +256,34 @@ def _variant(ds: Dataset, **tags: object) -> Dataset:
     ({"Rows": 120, "Columns": 120}, IntendedUse(), "image 120x120 is smaller than 256 pixels"),
     ({"PhotometricInterpretation": "RGB", "SamplesPerPixel": 3}, IntendedUse(),
      "colour image (PhotometricInterpretation RGB); this model reads greyscale radiographs only"),
-    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7", "Modality": "OT"}, IntendedUse(), "modality OT"),
+    ({**CAPTURE, "Modality": "OT"}, IntendedUse(),
+     f"{NOT_A_CAPTURE_OF_A_RADIOGRAPH}Modality OT (other: a screenshot, document or photograph); this model reads "
+     "chest radiographs (CR, DX) and greyscale captures of them (ConversionType WSD, DF, DI or none) only"),
+    ({**CAPTURE, "Modality": None}, IntendedUse(),
+     f"{NOT_A_CAPTURE_OF_A_RADIOGRAPH}no Modality;"),
+    ({**CAPTURE, "BurnedInAnnotation": "YES"}, IntendedUse(),
+     f"{NOT_A_CAPTURE_OF_A_RADIOGRAPH}BurnedInAnnotation YES (text or marks in the pixels);"),
+    ({**CAPTURE, "ImageType": ["DERIVED", "SECONDARY"]}, IntendedUse(),
+     f"{NOT_A_CAPTURE_OF_A_RADIOGRAPH}ImageType DERIVED\\SECONDARY (processed or composed);"),
+    ({**CAPTURE, "ConversionType": "SI"}, IntendedUse(),
+     f"{NOT_A_CAPTURE_OF_A_RADIOGRAPH}ConversionType SI (scanned image);"),
+    ({**CAPTURE, "ConversionType": "SYN"}, IntendedUse(),
+     f"{NOT_A_CAPTURE_OF_A_RADIOGRAPH}ConversionType SYN (synthetic image);"),
+    ({**CAPTURE, "ConversionType": "XYZ"}, IntendedUse(),
+     f"{NOT_A_CAPTURE_OF_A_RADIOGRAPH}ConversionType XYZ;"),
+    ({**CAPTURE, "PhotometricInterpretation": "RGB", "SamplesPerPixel": 3},
+     IntendedUse(), f"{NOT_A_CAPTURE_OF_A_RADIOGRAPH}colour (PhotometricInterpretation RGB);"),
+    ({**CAPTURE, "PhotometricInterpretation": "RGB", "SamplesPerPixel": 3},
+     IntendedUse(greyscale_only=False), f"{NOT_A_CAPTURE_OF_A_RADIOGRAPH}colour (PhotometricInterpretation RGB);"),
+    ({**CAPTURE, "PhotometricInterpretation": "RGB", "SamplesPerPixel": 3},
+     IntendedUse(allow_secondary_capture=True), "colour image (PhotometricInterpretation RGB)"),
+    ({**CAPTURE, "SOPClassUID": "1.2.840.10008.5.1.4.1.1.7.3"}, IntendedUse(),
+     f"{NOT_A_CAPTURE_OF_A_RADIOGRAPH}Multi-frame Grayscale Word Secondary Capture Image Storage, a multi-frame "
+     "or bitonal class;"),
+    ({**CAPTURE, "Modality": "CT"}, IntendedUse(allow_secondary_capture=True),
+     "modality CT (computed tomography); this model reads chest radiographs (CR, DX) only"),
+    ({"Manufacturer": "medcam"}, IntendedUse(allow_secondary_capture=True),
+     "medcam's own output (Manufacturer medcam), not a radiograph; score the original image instead"),
 ])
 def test_contradicting_tags_are_refused_with_the_right_words(
     rg1_header: Dataset, tags: dict[str, object], use: IntendedUse, reason: str
@@ -250,8 +299,16 @@ def test_contradicting_tags_are_refused_with_the_right_words(
     ({"ViewPosition": "AP ERECT"}, IntendedUse()),
     ({"ViewPosition": "ERECT"}, IntendedUse()),  # a term we do not know contradicts nothing
     ({"DerivationDescription": "x"}, IntendedUse(min_age=60, max_age=70)),
-    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7", "Modality": "OT"},
+    ({**CAPTURE, "Modality": "OT"},
      IntendedUse(allow_secondary_capture=True)),
+    (CAPTURE, IntendedUse()),  # a capture of RG1, a chest CR
+    ({**CAPTURE, "Modality": "DX", "ConversionType": "DF",
+      "ImageType": ["ORIGINAL", "SECONDARY"], "BurnedInAnnotation": "NO"}, IntendedUse()),
+    ({**CAPTURE, "ConversionType": "DI", "BodyPartExamined": None,
+      "ViewPosition": None}, IntendedUse()),
+    ({**CAPTURE, "Modality": None, "ConversionType": "SI",
+      "ImageType": ["DERIVED", "SECONDARY"], "BurnedInAnnotation": "YES"}, IntendedUse(allow_secondary_capture=True)),
+    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7.2"}, IntendedUse(allow_secondary_capture=True)),
     ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1.1"}, IntendedUse()),
     ({"ImageLaterality": "L"}, IntendedUse()),
 ])
@@ -285,6 +342,48 @@ def test_view_code_sequence_lateral_is_refused(rg1_header: Dataset) -> None:
     frontal = _variant(rg1_header, ViewCodeSequence=_view_code("399348003", "antero-posterior"))
     assert check_tags(frontal, IntendedUse()) is None
     assert check_tags(frontal, IntendedUse(views=("PA",))) is not None
+
+
+def test_notes_say_what_kind_of_secondary_capture_was_analysed(rg1_header: Dataset) -> None:
+    capture = _variant(rg1_header, **CAPTURE)
+    assert tag_notes(capture, IntendedUse()) == ["secondary capture of a radiograph (no ConversionType)"]
+    lateral = _variant(capture, ConversionType="DF", ViewPosition="LL")  # refused, but still a capture of one
+    assert check_tags(lateral, IntendedUse()) is not None
+    assert tag_notes(lateral, IntendedUse()) == ["secondary capture of a radiograph (ConversionType DF)"]
+    scan = _variant(capture, ConversionType="SI", BurnedInAnnotation="YES")
+    assert tag_notes(scan, IntendedUse()) == []  # refused: the refusal says why
+    assert tag_notes(scan, IntendedUse(allow_secondary_capture=True)) == [
+        "secondary capture that is not a plain capture of a radiograph, analysed because the intended use allows "
+        "secondary captures (research): ConversionType SI (scanned image), BurnedInAnnotation YES (text or marks "
+        "in the pixels)"]
+    for other in (rg1_header, _variant(capture, Modality="CT"), _variant(capture, Manufacturer="medcam")):
+        assert tag_notes(other, IntendedUse(allow_secondary_capture=True)) == []
+
+
+def test_burned_in_annotation_and_derived_refuse_captures_only(rg1_header: Dataset) -> None:
+    """On an original CR they are left alone (markers, processing); on a capture they say it is not plain."""
+    marked = {"BurnedInAnnotation": "YES", "ImageType": ["DERIVED", "PRIMARY"]}
+    assert check_tags(_variant(rg1_header, **marked), IntendedUse()) is None
+    assert check_tags(_variant(rg1_header, SOPClassUID=SINGLE_FRAME_CAPTURE, **marked), IntendedUse()) == (
+        f"{NOT_A_CAPTURE_OF_A_RADIOGRAPH}ImageType DERIVED\\PRIMARY (processed or composed), BurnedInAnnotation YES "
+        "(text or marks in the pixels); this model reads chest radiographs (CR, DX) and greyscale captures of them "
+        "(ConversionType WSD, DF, DI or none) only")
+
+
+def test_medcams_own_results_are_refused_first_whatever_the_intended_use(
+        rg1_header: Dataset, own_results: dict[str, Path]) -> None:
+    own_sc = pydicom.dcmread(own_results["sc"], stop_before_pixels=True)
+    assert (own_sc.SOPClassUID, own_sc.PhotometricInterpretation, own_sc.BurnedInAnnotation) == (
+        SINGLE_FRAME_CAPTURE, "RGB", "YES")
+    contributed = Dataset()
+    contributed.Manufacturer = "medcam"
+    relabelled = _variant(rg1_header, ContributingEquipmentSequence=DicomSequence([contributed]))
+    for ds, evidence in ((own_sc, "Manufacturer medcam"), (relabelled, "ContributingEquipmentSequence names medcam")):
+        for use in (IntendedUse(), IntendedUse(allow_secondary_capture=True, greyscale_only=False)):
+            findings = tag_findings(ds, use)
+            assert findings[0] == (f"medcam's own output ({evidence}), not a radiograph; score the original "
+                                   "image instead")
+    assert tag_findings(own_sc, IntendedUse())[1].startswith(NOT_A_CAPTURE_OF_A_RADIOGRAPH)
 
 
 # --- The image gate: fitting and scoring ----------------------------------------------------
@@ -338,15 +437,15 @@ LABELS_CSV = SHARED / "data" / "cxr" / "labels.csv"
 
 
 @pytest.fixture(scope="module")
-def bundled() -> Iterator[Classifier]:
+def bundled() -> Iterator[ServedModel]:
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # another job may hold the other core; spinning threads cost more
-    yield Classifier("bundled")
+    yield ServedModel("bundled")
     torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def pediatric_features(bundled: Classifier) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def pediatric_features(bundled: ServedModel) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Features of the bundled model's own patient split of ../shared (seed 0, 70/15/15):
     200 training images to fit, 50 validation images for the threshold, 100 test images held out."""
     if not LABELS_CSV.is_file():
@@ -391,7 +490,7 @@ def slice_pngs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def test_ct_and_mr_slices_score_above_the_threshold_and_held_out_children_below(
-    bundled: Classifier, pediatric_features: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    bundled: ServedModel, pediatric_features: dict[str, tuple[torch.Tensor, torch.Tensor]],
     slice_pngs: list[Path], tmp_path: Path
 ) -> None:
     train, labels = pediatric_features["train"]
@@ -424,7 +523,7 @@ def test_ct_and_mr_slices_score_above_the_threshold_and_held_out_children_below(
 
 
 def test_gate_runs_on_the_features_of_the_scoring_pass(
-    bundled: Classifier, pediatric_features: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    bundled: ServedModel, pediatric_features: dict[str, tuple[torch.Tensor, torch.Tensor]]
 ) -> None:
     train, labels = pediatric_features["train"]
     stats = fit_ood(train, labels, pediatric_features["val"][0])

@@ -16,9 +16,8 @@ from pydicom.data import get_testdata_file
 
 import medcam.scoring.dataset
 from medcam.cli import main
-from medcam.gate import OODStats, write_ood
+from medcam.gate import OODStats, ServedModel, write_ood
 from medcam.io import load_image
-from medcam.models import Classifier
 from medcam.models.preprocess import prepare
 from medcam.scoring import ScoreOptions, read_results, score, studies_path
 
@@ -50,7 +49,7 @@ def _rows(path: Path) -> dict[str, dict[str, str]]:
 def test_the_tag_gate_refuses_what_the_model_was_not_made_for(tiny_checkpoint: Path, mixed: Path,
                                                              tmp_path: Path) -> None:
     out = tmp_path / "r.csv"
-    summary = score([mixed], Classifier(str(tiny_checkpoint)), ScoreOptions(out=out, workers=0, progress=False))
+    summary = score([mixed], ServedModel(str(tiny_checkpoint)), ScoreOptions(out=out, workers=0, progress=False))
     rows = _rows(out)
     assert rows["RG1_UNCR.dcm"]["status"] == "ok" and rows["RG1_UNCR.dcm"]["reason"] == ""
     assert "EXTREMITY" in rows["RG3_UNCR.dcm"]["reason"]
@@ -76,7 +75,7 @@ def test_a_reader_failing_unexpectedly_before_the_gate_is_that_files_row(
 
     monkeypatch.setattr(medcam.scoring.dataset, "read_dataset", read_dataset)
     out = tmp_path / "r.csv"
-    score([mixed], Classifier(str(tiny_checkpoint)), ScoreOptions(out=out, workers=0, progress=False))
+    score([mixed], ServedModel(str(tiny_checkpoint)), ScoreOptions(out=out, workers=0, progress=False))
     rows = _rows(out)
     assert rows["MR_small.dcm"]["status"] == "error"
     assert rows["MR_small.dcm"]["reason"] == "could not be read (RuntimeError: a reader bug)"
@@ -94,6 +93,43 @@ def test_ignore_intended_use_analyses_them_and_says_so(tiny_checkpoint: Path, mi
     assert rows["RG1_UNCR.dcm"]["reason"] == ""
 
 
+def test_rsna_secondary_captures_are_scored_as_they_are(tiny_checkpoint: Path, rsna_dicoms: list[Path],
+                                                        tmp_path: Path) -> None:
+    """The RSNA Pneumonia Challenge's chest CRs, stored as Secondary Capture, unchanged."""
+    out = tmp_path / "r.csv"
+    summary = score(rsna_dicoms, ServedModel(str(tiny_checkpoint)), ScoreOptions(out=out, workers=0, progress=False))
+    rows = _rows(out)
+    assert set(rows) == {p.name for p in rsna_dicoms}
+    assert all(r["status"] == "ok" and r["prob_PNEUMONIA"] for r in rows.values()), rows
+    assert all("secondary capture of a radiograph (ConversionType WSD)" in r["reason"] for r in rows.values())
+    assert (summary.scored, summary.refused, summary.errors) == (len(rsna_dicoms), 0, 0)
+
+
+@pytest.mark.parametrize("ignore", [False, True], ids=["gate", "ignore-intended-use"])
+def test_medcams_own_results_are_refused_when_scored_back(tiny_checkpoint: Path, own_results: dict[str, Path],
+                                                         ignore: bool, tmp_path: Path) -> None:
+    """Its Secondary Capture, region overlay, mask and CAM overlay of RG1, in a folder with RG1 itself:
+    only RG1 is analysed, even when the run ignores the intended use."""
+    folder = tmp_path / "back"
+    folder.mkdir()
+    for kind, path in own_results.items():
+        shutil.copy(path, folder / f"{kind}{path.suffix}")
+    shutil.copy(_corpus("RG1_UNCR.dcm"), folder / "rg1.dcm")
+    out = tmp_path / "r.csv"
+    main(["score", str(folder), "--out", str(out), "--model", str(tiny_checkpoint), "--workers", "0",
+          *(["--ignore-intended-use"] if ignore else [])])
+    rows = _rows(out)
+    assert set(rows) == {"rg1.dcm", "sc.dcm", "overlay.png", "mask.png", "cam_overlay.png"}
+    assert rows["rg1.dcm"]["status"] == "ok" and rows["rg1.dcm"]["prob_PNEUMONIA"]
+    # the tag gate refuses the SC before decoding; ignoring it, the DICOM reader still does
+    assert rows["sc.dcm"]["status"] == ("error" if ignore else "not_analysed")
+    assert "medcam's own output (Manufacturer medcam), not a radiograph" in rows["sc.dcm"]["reason"]
+    for name in ("overlay.png", "mask.png", "cam_overlay.png"):
+        assert rows[name]["status"] == "error" and rows[name]["prob_PNEUMONIA"] == ""
+        assert rows[name]["reason"] == ("medcam's own output (PNG Software=medcam), not a radiograph; "
+                                        "score the original image instead")
+
+
 @pytest.fixture()
 def gated_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
     """The tiny model with image-gate statistics centred on one PNG: a second, different PNG is
@@ -102,7 +138,7 @@ def gated_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> tuple[Path, Path,
     rng = np.random.default_rng(0)
     PILImage.fromarray(np.tile(np.linspace(0, 255, 96, dtype=np.uint8), (80, 1))).save(inside)
     PILImage.fromarray(rng.integers(0, 255, (80, 96), dtype=np.uint8)).save(outside)
-    classifier = Classifier(str(tiny_checkpoint))
+    classifier = ServedModel(str(tiny_checkpoint))
     x = torch.stack([prepare(load_image(p), classifier.checkpoint.preprocess)[0] for p in (inside, outside)])
     features = classifier.forward(x).features
     assert features is not None

@@ -10,8 +10,8 @@ Every derived object (SEG, SC, SR, GSPS) says:
   to the one highdicom adds for itself.
 
 :class:`ModelInfo` is what a report says about the algorithm: the model id, the operating
-threshold, the calibration (temperature and, for Platt scaling, the class bias) and the class
-it screens for.
+threshold, the calibration (temperature and, for Platt scaling, the class bias), the class
+it screens for, and the lung segmenter with its ``lung_evidence`` threshold.
 """
 
 from __future__ import annotations
@@ -25,13 +25,16 @@ from pydicom.sr.codedict import codes
 
 import medcam
 from medcam.export.uids import device_uid
+from medcam.io.provenance import SOFTWARE
 
 if TYPE_CHECKING:
     from medcam.models.predictor import Prediction
 
 __all__ = ["MANUFACTURER", "ModelInfo", "add_device_uid", "contributing_equipment", "equipment"]
 
-MANUFACTURER = "medcam"
+MANUFACTURER = SOFTWARE
+"""What every derived object names as its Manufacturer; :func:`medcam.io.provenance.own_dicom` refuses
+them as inputs by it."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class ModelInfo:
         temperature: the calibration temperature of the probabilities.
         positive_class: the class the model screens for.
         class_bias: the calibration's per-class bias (Platt scaling), or None.
+        segmenter_id: the lung segmenter's id, or "" when served without one.
+        evidence_threshold: the threshold on ``lung_evidence`` below which a flagged image
+            carries a caution (:attr:`medcam.models.Prediction.quality`), or None.
     """
 
     model_id: str
@@ -51,6 +57,8 @@ class ModelInfo:
     temperature: float | None = None
     positive_class: str = "PNEUMONIA"
     class_bias: tuple[float, ...] | None = None
+    segmenter_id: str = ""
+    evidence_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_id, str):
@@ -61,7 +69,8 @@ class ModelInfo:
         """The model behind ``prediction``."""
         return cls(model_id=prediction.model_id, threshold=prediction.threshold,
                    temperature=prediction.temperature, positive_class=prediction.positive_class,
-                   class_bias=prediction.class_bias)
+                   class_bias=prediction.class_bias, segmenter_id=prediction.segmenter_id,
+                   evidence_threshold=prediction.evidence_threshold)
 
     @property
     def name(self) -> str:
@@ -77,6 +86,10 @@ class ModelInfo:
             items.append(f"temperature={self.temperature:g}")
         if self.class_bias is not None:
             items.append(f"class_bias={','.join(f'{b:g}' for b in self.class_bias)}")
+        if self.segmenter_id:
+            items.append(f"segmenter={self.segmenter_id}")
+        if self.evidence_threshold is not None:
+            items.append(f"lung_evidence_threshold={self.evidence_threshold:g}")
         return items
 
 

@@ -23,13 +23,14 @@ pipeline), with pydicom's implementations:
    Weasis >= 4.1 display it the same way). pydicom's
    :func:`~pydicom.pixels.apply_presentation_lut` applies the shape alone.
 
-Refused, with :class:`~medcam.errors.UnsupportedInputError`: empty files, files that are not
-DICOM, truncated files (cut inside an element, its header, or before a delimiter), DICOMDIRs
-(media directories; :func:`is_dicomdir` tells them apart without reading them whole),
-non-image objects (no Pixel Data, or SEG, RT Dose, presentation states, SR ...), multi-frame
-images with more than one frame (choose a frame upstream), colour or palette images (a
-grayscale model must not guess at luminance of a colour DICOM), truncated or undecodable
-pixel data, and non-finite values.
+Refused, with :class:`~medcam.errors.UnsupportedInputError`: medcam's own results
+(:mod:`medcam.io.provenance`), empty files, files that are not DICOM, truncated files (cut
+inside an element, its header, or before a delimiter), DICOMDIRs (media directories;
+:func:`is_dicomdir` tells them apart without reading them whole), non-image objects (no
+Pixel Data, or SEG, RT Dose, presentation states, SR ...), multi-frame images with more than
+one frame (choose a frame upstream), colour or palette images (a grayscale model must not
+guess at luminance of a colour DICOM), truncated or undecodable pixel data, and non-finite
+values.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from medcam.errors import UnsupportedInputError
 from medcam.io.image import DicomIdentity, Image
+from medcam.io.provenance import own_dicom
 from medcam.io.reduce import decode_reduced_dicom, reduction_factor
 
 __all__ = ["DICOMDIR_REASON", "VOI", "identity_of", "is_dicom", "is_dicomdir", "read_dataset", "read_dicom",
@@ -313,6 +315,9 @@ def _infer_transfer_syntax(ds: Dataset) -> None:
 
 
 def _check_image(ds: Dataset, path: Path) -> None:
+    own = own_dicom(ds)
+    if own:
+        raise UnsupportedInputError(path, own)
     sop_class = str(ds.get("SOPClassUID", ""))
     for prefix, what in _NON_IMAGE_PREFIXES.items():
         if sop_class.startswith(prefix):

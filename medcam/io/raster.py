@@ -4,6 +4,7 @@
 palette, with or without alpha) are converted to luminance (ITU-R 601-2, Pillow's ``"L"``
 mode): radiographs exported as PNG/JPEG are often stored as three equal channels. PNG/JPEG
 carry no trustworthy pixel spacing (a DPI tag describes printing), so ``spacing`` is None.
+A PNG that medcam wrote (text chunk ``Software=medcam``, :mod:`medcam.io.provenance`) is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from PIL import UnidentifiedImageError
 
 from medcam.errors import UnsupportedInputError
 from medcam.io.image import Image
+from medcam.io.provenance import own_png
 
 __all__ = ["read_raster"]
 
@@ -33,7 +35,10 @@ def read_raster(path: str | Path) -> Image:
             frames = int(getattr(img, "n_frames", 1))
             if frames > 1:
                 raise UnsupportedInputError(path, f"animated image with {frames} frames")
-            img.load()
+            img.load()  # text chunks after the pixels are read too
+            own = own_png(img.info)
+            if own:
+                raise UnsupportedInputError(path, own)
             mode = img.mode
             if mode in _FULL_SCALE:
                 array = np.asarray(img, dtype=np.float32) / np.float32(_FULL_SCALE[mode])

@@ -1,9 +1,13 @@
 """The receiving end: a C-ECHO and C-STORE service class provider that writes into the spool.
 
-Accepted: the radiograph storage SOP classes the model is made for (:data:`medcam.gate.tags.IMAGE_SOP_CLASSES`)
-in every transfer syntax pydicom can decode here (:func:`decodable_syntaxes`); an association
+Accepted: the radiograph storage SOP classes the model is made for and Secondary Capture
+(:data:`medcam.gate.tags.IMAGE_SOP_CLASSES`, the classes ``medcam score dicomweb:`` fetches) in
+every transfer syntax pydicom can decode here (:func:`decodable_syntaxes`); an association
 proposing only other classes is rejected at negotiation, so a PACS routing a CT series here
-gets a clear answer rather than a pile of "not analysed" reports.
+gets a clear answer rather than a pile of "not analysed" reports. medcam's own results
+(:func:`medcam.io.provenance.own_dicom`: its Secondary Captures come back when a PACS routes a
+whole study) are acknowledged and dropped, with a log line, as the DICOMweb fetch leaves them
+on the archive: a result is never scored, nor reported on.
 
 Each instance is written to the spool durably (:meth:`Spool.store`) *before* the success
 response goes back; an instance larger than the size limit, one whose header cannot be read
@@ -27,6 +31,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from medcam.errors import ConfigError, MedcamError
 from medcam.gate.tags import IMAGE_SOP_CLASSES
+from medcam.io.provenance import own_dicom
 from medcam.node.spool import Spool
 
 __all__ = ["ReceiveOptions", "check_ae_title", "decodable_syntaxes", "start_scp"]
@@ -156,12 +161,17 @@ def _store(event: Any, spool: Spool, options: ReceiveOptions, on_stored: Callabl
         return OUT_OF_RESOURCES
     encoded = event.encoded_dataset()  # as received, with its file meta: written as it is
     try:  # the header only: event.dataset would decode (and copy) the pixel data too
-        header = pydicom.dcmread(io.BytesIO(encoded), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        header = pydicom.dcmread(io.BytesIO(encoded), stop_before_pixels=True, specific_tags=[
+            "SeriesInstanceUID", "Manufacturer", "ContributingEquipmentSequence"])
         series_uid = header.get("SeriesInstanceUID", "")
     except Exception as err:  # the sender gets a failure status and keeps the instance
         log.warning("refused %s from %s: its header cannot be read (%s)", sop_uid, _calling(event),
                     type(err).__name__)
         return CANNOT_UNDERSTAND
+    own = own_dicom(header)
+    if own:  # the archive has it already; there is nothing to keep or retry
+        log.info("dropped %s from %s: %s", sop_uid, _calling(event), own)
+        return SUCCESS
     try:
         path = spool.store([encoded], series_uid, sop_uid)
     except OSError as err:

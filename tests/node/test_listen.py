@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from medcam.errors import ConfigError
-from medcam.models.predictor import Classifier
+from medcam.gate.served import ServedModel
 from medcam.node.scp import ReceiveOptions, decodable_syntaxes
 from medcam.node.send import DimseDestination, Outcome, Sender, StowDestination, parse_peer
 from medcam.node.service import Node, NodeOptions
@@ -105,7 +105,7 @@ def _node(checkpoint: Path, spool: Path, archive: Archive, **receive: object) ->
     options = NodeOptions(spool=spool, settle=0.5, poll=0.2,
                           receive=ReceiveOptions(port=free_port(), **receive))  # type: ignore[arg-type]
     destination = DimseDestination(parse_peer(archive.peer), timeout=30)
-    return Node(Classifier(str(checkpoint)), options, destination)
+    return Node(ServedModel(str(checkpoint)), options, destination)
 
 
 def test_images_in_results_out_in_the_same_study(tiny_checkpoint: Path, archive: Archive, tmp_path: Path) -> None:
@@ -202,6 +202,31 @@ def test_what_the_model_is_not_made_for_is_not_accepted(tiny_checkpoint: Path, a
         assert not list(node.spool.incoming.iterdir())
 
 
+def test_medcams_own_results_are_acknowledged_and_dropped(tiny_checkpoint: Path, archive: Archive,
+                                                          own_results: dict[str, Path], tmp_path: Path) -> None:
+    """As the DICOMweb fetch leaves them on the archive: a result is neither scored nor reported on."""
+    images = radiographs(tmp_path / "modality", 1)
+    with _node(tiny_checkpoint, tmp_path / "spool", archive) as node:
+        assert send([own_results["sc"]], node.options.receive.port) == [0]
+        assert not list(node.spool.incoming.iterdir())
+        assert send(images, node.options.receive.port) == [0]
+        held = archive.wait_for(1)
+    assert [source_of(sr) for sr in held.values()] == sop_uids(images)
+
+
+def test_secondary_captures_of_chest_radiographs_are_received_and_scored(tiny_checkpoint: Path, archive: Archive,
+                                                                         rsna_dicoms: list[Path],
+                                                                         tmp_path: Path) -> None:
+    """The RSNA Pneumonia Challenge's films, as they are: the node accepts the Secondary Captures
+    that ``medcam score dicomweb:`` fetches, and the gate reads these as radiographs."""
+    with _node(tiny_checkpoint, tmp_path / "spool", archive) as node:
+        assert send(rsna_dicoms, node.options.receive.port) == [0] * len(rsna_dicoms)
+        held = archive.wait_for(len(rsna_dicoms))
+    assert sorted(source_of(sr) for sr in held.values()) == sop_uids(rsna_dicoms)
+    rows = [r for f in node.spool.results.glob("*[0-9].csv") for r in read_results(f)]
+    assert [r["status"] for r in rows] == ["ok"] * len(rsna_dicoms)
+
+
 def test_a_result_the_destination_refuses_for_good_does_not_block_the_rest(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     for name in ("a.dcm", "b.dcm", "c.dcm"):
@@ -248,7 +273,7 @@ def test_report_all_gives_every_analysed_image_its_sr_and_nothing_else(tmp_path:
         out = tmp_path / f"report_all={report_all}"
         options = ScoreOptions(out=out / "r.csv", regions=out / "files", region_formats=("sr", "seg", "gsps"),
                                report_all=report_all, workers=0, progress=False)
-        score([tmp_path / "in"], Classifier(str(never)), options)
+        score([tmp_path / "in"], ServedModel(str(never)), options)
         rows = list(read_results(out / "r.csv"))
         assert [r["flagged"] for r in rows] == ["false", "false"] and {r["status"] for r in rows} == {"ok"}
         written = sorted(p.name.rsplit("_", 1)[1].removesuffix(".dcm") for p in (out / "files").glob("*.dcm"))
@@ -286,7 +311,7 @@ def test_a_port_in_use_is_a_clear_error(tiny_checkpoint: Path, archive: Archive,
         taken.listen()
         port = taken.getsockname()[1]
         options = NodeOptions(spool=tmp_path / "spool", receive=ReceiveOptions(port=port))
-        node = Node(Classifier(str(tiny_checkpoint)), options, None)
+        node = Node(ServedModel(str(tiny_checkpoint)), options, None)
         with pytest.raises(MedcamError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
             node.start()
 
