@@ -30,9 +30,8 @@ from PIL import Image as PILImage
 from pydicom.data import get_testdata_files
 from sklearn.metrics import roc_auc_score
 
-from medcam.gate import check_tags, collect_features
+from medcam.gate import ServedModel, check_tags, collect_features
 from medcam.io.dicom import read_dicom
-from medcam.models import Classifier
 from medcam.scoring import ScoreOptions, read_results, score
 
 RADIOGRAPHS = ("CR", "DX")
@@ -61,7 +60,7 @@ def main() -> None:
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--split", type=Path, required=True, help="held-out CSV (file,label,...,population)")
     args = parser.parse_args()
-    classifier = Classifier(args.model)
+    classifier = ServedModel(args.model)
     if classifier.ood is None:
         raise SystemExit(f"{classifier.checkpoint.model_id} has no image-gate statistics; see medcam fit-ood")
     use = classifier.intended_use

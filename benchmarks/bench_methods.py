@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from medcam.models import Classifier
+from medcam.gate import ServedModel
 from medcam.runtime import retain_freed_memory
 from medcam.scoring import METHODS
 
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--occlusion-repeats", type=int, default=1)
     args = parser.parse_args()
     retain_freed_memory()
-    base = Classifier(args.model)
+    base = ServedModel(args.model)
     print(f"model {base.checkpoint.model_id} (trained at {base.checkpoint.preprocess.size} px); batch {args.batch}; "
           f"{torch.get_num_threads()} threads")
     print("| size | plain forward | " + " | ".join(METHODS) + " |")
@@ -52,7 +52,7 @@ def main() -> None:
     reference = None
     for size in args.sizes:
         ckpt = base.checkpoint
-        classifier = Classifier(dataclasses.replace(
+        classifier = ServedModel(dataclasses.replace(
             ckpt, network=copy.deepcopy(ckpt.network), preprocess=dataclasses.replace(ckpt.preprocess, size=size)))
         x = torch.randn(args.batch, 1, size, size).contiguous(memory_format=classifier.memory_format)
         network = copy.deepcopy(ckpt.network).to(memory_format=classifier.memory_format)  # type: ignore[call-overload]

@@ -26,7 +26,7 @@ import pydicom
 import torch
 from pydicom.uid import generate_uid
 
-from medcam.models import Classifier
+from medcam.gate import ServedModel
 from medcam.scoring import ScoreOptions, score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def main() -> None:
 
         options = ScoreOptions(out=work / "baseline.csv", regions=work / "baseline", region_formats=("sr",),
                                report_all=True, batch_size=args.batch_size, workers=0, progress=False)
-        classifier = Classifier(args.model)
+        classifier = ServedModel(args.model)
         start = time.perf_counter()
         summary = score([work / "images"], classifier, options)
         baseline = summary.scored / (time.perf_counter() - start)

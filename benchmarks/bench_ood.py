@@ -1,6 +1,6 @@
 """Cost of the image gate (pooled features + Mahalanobis score) against the forward pass.
 
-One run on the CPU with a served :class:`~medcam.models.Classifier` (the bundled DenseNet121
+One run on the CPU with a served :class:`~medcam.models.ServedModel` (the bundled DenseNet121
 unless ``--model`` names another checkpoint), on random batches of the model's input size.
 Printed per batch size, each the median of ``--repeats`` timed runs after one warm-up:
 
@@ -30,11 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cam import _time
 
-from medcam.gate import OODStats, fit_ood, read_ood
-from medcam.models import Classifier
+from medcam.gate import OODStats, ServedModel, fit_ood, read_ood
 
 
-def _stats(classifier: Classifier, size: int) -> OODStats:
+def _stats(classifier: ServedModel, size: int) -> OODStats:
     stored = read_ood(classifier.checkpoint)
     if stored is not None:
         return stored
@@ -51,7 +50,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    classifier = Classifier(args.model)
+    classifier = ServedModel(args.model)
     size = classifier.checkpoint.preprocess.size
     stats = _stats(classifier, size)
     network = classifier.checkpoint.network

@@ -66,8 +66,9 @@ from pydicom.uid import (
 )
 
 from medcam.config import ModelConfig, PreprocessConfig
+from medcam.gate import ServedModel
 from medcam.io import load_image
-from medcam.models import Classifier, build_network, prepare, save_checkpoint
+from medcam.models import build_network, prepare, save_checkpoint
 from medcam.models.checkpoint import bundled_checkpoint_path
 from medcam.runtime import retain_freed_memory
 from medcam.scoring import ScoreOptions, default_workers, score
@@ -122,7 +123,7 @@ def model_path(work: Path) -> tuple[str, str]:
     return str(path), "UNTRAINED placeholder DenseNet121, 224 px (no bundled model yet)"
 
 
-def prepared(classifier: Classifier, files: list[Path]) -> tuple[torch.Tensor, float]:
+def prepared(classifier: ServedModel, files: list[Path]) -> tuple[torch.Tensor, float]:
     """The model inputs of ``files``, and images/s of decode + prepare in this process."""
     start = time.perf_counter()
     x = torch.stack([prepare(load_image(f), classifier.checkpoint.preprocess)[0] for f in files])
@@ -138,19 +139,27 @@ def forward_with_glibc_defaults(model: str, n: int, size: int, batch_size: int) 
     return float(result.stdout.split()[-1])
 
 
-def plain_forward(classifier: Classifier, x: torch.Tensor, batch_size: int,
+def plain_forward(classifier: ServedModel, x: torch.Tensor, batch_size: int,
                   memory_format: torch.memory_format | None = None) -> float:
-    """Images/s of ``network(x)`` alone, batch by batch, after one warm-up batch, with the
-    network and its inputs in the layout that :class:`Classifier` serves in (channels-last
-    on the CPU) unless ``memory_format`` says otherwise."""
+    """Images/s of the networks alone as served (the classifier's ``network(x)`` and, when it serves
+    one, the lung segmenter on the same batch), batch by batch, after one warm-up batch, with the
+    networks and their inputs in the layout that :class:`ServedModel` serves in (channels-last on
+    the CPU) unless ``memory_format`` says otherwise."""
     memory_format = memory_format or classifier.memory_format
     network = copy.deepcopy(classifier.checkpoint.network).to(memory_format=memory_format)
+    segmenter = classifier.segmenter
     x = x.contiguous(memory_format=memory_format)
+
+    def run(batch: torch.Tensor) -> None:
+        network(batch)
+        if segmenter is not None:
+            segmenter(batch)
+
     with torch.inference_mode():
-        network(x[:batch_size])
+        run(x[:batch_size])
         start = time.perf_counter()
         for i in range(0, len(x), batch_size):
-            network(x[i:i + batch_size])
+            run(x[i:i + batch_size])
     return len(x) / (time.perf_counter() - start)
 
 
@@ -162,7 +171,7 @@ def peak_rss_mb(folder: Path, out: Path, model: str, batch_size: int, workers: i
     return int(result.stdout.split()[-1]) / 1024
 
 
-def compare(classifier: Classifier, x: torch.Tensor, folder: Path, out: Path, batch_size: int,
+def compare(classifier: ServedModel, x: torch.Tensor, folder: Path, out: Path, batch_size: int,
             workers: int) -> tuple[float, float]:
     """(a) and (b) as described above: images/s of the plain forward and of ``score``."""
     before = plain_forward(classifier, x, batch_size)
@@ -231,7 +240,7 @@ def main() -> None:
         parser.error(f"unknown --syntaxes {', '.join(sorted(unknown))}; choose from {', '.join(SYNTAXES)}")
     retained = retain_freed_memory()
     if args.forward_only:  # the child of forward_with_glibc_defaults: random inputs cost the same
-        classifier = Classifier(args.model)
+        classifier = ServedModel(args.model)
         size = classifier.checkpoint.preprocess.size
         print(plain_forward(classifier, torch.rand(args.forward_only, 1, size, size), args.batch_size))
         return
@@ -249,7 +258,7 @@ def main() -> None:
         small = data / "part000"
         files = sorted(small.iterdir())[:args.n]
         model, what = model_path(work)
-        classifier = Classifier(model)
+        classifier = ServedModel(model)
         cores, threads = os.cpu_count() or 1, torch.get_num_threads()
         print(f"model: {what}; CPU, torch threads {threads}, {cores} cores, batch {args.batch_size}, "
               f"workers {args.workers}; allocator keeps freed memory: {retained}")

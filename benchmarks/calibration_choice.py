@@ -27,8 +27,7 @@ import torch
 
 from medcam.calibration import Calibration, expected_calibration_error, fit_calibration
 from medcam.data import read_samples
-from medcam.gate import collect_features
-from medcam.models import Classifier
+from medcam.gate import ServedModel, collect_features
 
 Fitted = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (logits, populations) -> positive probability
 
@@ -67,7 +66,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    classifier = Classifier(args.model)
+    classifier = ServedModel(args.model)
     if len(classifier.classes) != 2:
         raise SystemExit(f"{classifier.checkpoint.model_id} has {len(classifier.classes)} classes; this compares "
                          "maps for two-class models")

@@ -32,10 +32,10 @@ from PIL import Image as PILImage
 
 from medcam.errors import CheckpointError
 from medcam.export import export_regions
+from medcam.gate.served import ServedModel
 from medcam.io import load_image
 from medcam.localisation import Box, best_iou, boxes_for, pointing_hit, read_boxes
 from medcam.models.checkpoint import BUNDLED_MODEL, bundled_checkpoint_path
-from medcam.models.predictor import Classifier
 from medcam.regions import RegionOptions, RegionSet, find_regions, parse_threshold
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr" / "rsna"
@@ -77,7 +77,7 @@ def main() -> int:
         print(f"no RSNA DICOMs or boxes.csv under {args.data}", file=sys.stderr)
         return 2
     try:
-        classifier = Classifier(args.model)
+        classifier = ServedModel(args.model)
     except CheckpointError as err:
         print(f"cannot load the model: {err}", file=sys.stderr)
         return 2

@@ -19,8 +19,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from medcam.data import read_samples
-from medcam.gate import collect_features
-from medcam.models import Classifier, load_checkpoint
+from medcam.gate import ServedModel, collect_features
+from medcam.models import load_checkpoint
 from medcam.models.networks import build_network
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     finer = dataclasses.replace(ckpt.model, output_stride=16)
     network = build_network(finer)
     network.load_state_dict(ckpt.network.state_dict())
-    variants = {32: Classifier(ckpt), 16: Classifier(dataclasses.replace(ckpt, network=network.eval(), model=finer))}
+    variants = {32: ServedModel(ckpt), 16: ServedModel(dataclasses.replace(ckpt, network=network.eval(), model=finer))}
 
     samples = read_samples(args.data, ckpt.model.classes)
     positive = ckpt.model.classes.index(ckpt.model.positive_class)

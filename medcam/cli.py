@@ -38,6 +38,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_lungs(args: argparse.Namespace) -> int:
+    from medcam.training.lungs import load_lungs_config, train_lungs
+
+    train_lungs(load_lungs_config(args.config), args.out)
+    return 0
+
+
+def _fit_lung_gate(args: argparse.Namespace) -> int:
+    from medcam.gate.served import ServedModel
+    from medcam.training.lung_gate import fit_lung_gate, frontal_splits
+
+    val = Path(args.splits) / "val.csv"
+    if not val.is_file():
+        frontal_splits(args.classifier_config, args.lungs_config, args.rsna, args.splits)
+    model = ServedModel(args.model, segmenter=_segmenter(args), check_gate=False)
+    model_id = fit_lung_gate(model, val, args.out, view_quantile=args.view_quantile, quantile=args.quantile)
+    print(f"wrote {args.out} ({model_id})")
+    return 0
+
+
 def _region_options(args: argparse.Namespace) -> RegionOptions:
     from medcam.regions import RegionOptions, parse_threshold
 
@@ -47,13 +67,14 @@ def _region_options(args: argparse.Namespace) -> RegionOptions:
 
 def _predict(args: argparse.Namespace) -> int:
     from medcam.commands import exit_status, predict
-    from medcam.models.predictor import Classifier
+    from medcam.gate.served import ServedModel
 
     options = predict.predict_options(args.out, cam_class=args.cam_class, colour_map=args.colour_map,
                                       opacity=args.opacity, batch_size=args.batch_size, voi=_voi(args),
                                       method=args.method, workers=0,
                                       ignore_intended_use=args.ignore_intended_use)
-    return exit_status(predict.main(args.paths, Classifier(args.model, device=args.device), options))
+    model = ServedModel(args.model, device=args.device, segmenter=_segmenter(args))
+    return exit_status(predict.main(args.paths, model, options))
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -73,17 +94,18 @@ def _score(args: argparse.Namespace) -> int:
                            report_all=args.report_all)
     return score.main(args.inputs, args.model, options, device=args.device, engine=args.engine,
                       ray_address=args.ray_address, actors=args.actors, study=args.study, since=args.since,
-                      stow_url=args.stow)
+                      stow_url=args.stow, segmenter=_segmenter(args))
 
 
 def _export(args: argparse.Namespace) -> int:
     from medcam.commands import exit_status, export
-    from medcam.models.predictor import Classifier
+    from medcam.gate.served import ServedModel
 
     options = export.export_options(args.out, cam_class=args.cam_class, region_formats=args.formats,
                                     region_options=_region_options(args), batch_size=args.batch_size,
                                     voi=_voi(args), workers=0, ignore_intended_use=args.ignore_intended_use)
-    return exit_status(export.main(args.paths, Classifier(args.model, device=args.device), options))
+    model = ServedModel(args.model, device=args.device, segmenter=_segmenter(args))
+    return exit_status(export.main(args.paths, model, options))
 
 
 def _listen(args: argparse.Namespace) -> int:
@@ -101,14 +123,15 @@ def _listen(args: argparse.Namespace) -> int:
                           receive=receive, region_options=_region_options(args), batch_size=args.batch_size,
                           ignore_intended_use=args.ignore_intended_use)
     destination = listen.destination_of(args.send_to, args.stow, calling_ae=receive.ae_title, timeout=args.timeout)
-    return listen.main(args.model, options, destination, device=args.device, debug=args.debug)
+    return listen.main(args.model, options, destination, device=args.device, debug=args.debug,
+                       segmenter=_segmenter(args))
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from medcam.evaluate import evaluate
-    from medcam.models.predictor import Classifier
+    from medcam.gate.served import ServedModel
 
-    result = evaluate(Classifier(args.model, device=args.device), args.data, args.out,
+    result = evaluate(ServedModel(args.model, device=args.device, segmenter=_segmenter(args)), args.data, args.out,
                       batch_size=args.batch_size, command=shlex.join(["medcam", *sys.argv[1:]]), boxes=args.boxes,
                       regions=_region_options(args))
     m = result.metrics
@@ -163,10 +186,12 @@ def _intended_use(args: argparse.Namespace) -> int:
 def _model_card(args: argparse.Namespace) -> int:
     from medcam.modelcard import render_model_card
     from medcam.models.checkpoint import load_checkpoint
+    from medcam.models.lungs import load_segmenter
 
     evaluations = dict(item.split("=", 1) for item in args.eval)
     notes = Path(args.notes).read_text() if args.notes else ""
-    card = render_model_card(load_checkpoint(args.model), evaluations, notes=notes)
+    segmenter = None if args.segmenter.lower() == "none" else load_segmenter(args.segmenter)
+    card = render_model_card(load_checkpoint(args.model), evaluations, notes=notes, segmenter=segmenter)
     Path(args.out).write_text(card)
     print(f"wrote {args.out}")
     return 0
@@ -179,12 +204,22 @@ def _review(args: argparse.Namespace) -> int:
     folder = Path(args.folder) if args.folder else None
     limits = Limits(max_bytes=args.max_upload_mb * 2**20, max_pixels=args.max_pixels)
     config = ReviewConfig(folder=folder, db=Path(args.db) if args.db else default_db(folder), model=args.model,
-                          limits=limits)
+                          limits=limits, segmenter=args.segmenter)
     return launch(config, host=args.host, port=args.port)
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
+
+
+def _add_segmenter(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--segmenter", default="bundled",
+                   help="lung segmenter checkpoint, 'bundled' (default) or 'none' (then no lung mask, lung_evidence "
+                        "or frontal-view check)")
+
+
+def _segmenter(args: argparse.Namespace) -> str | None:
+    return None if args.segmenter.lower() == "none" else args.segmenter
 
 
 def _add_display(p: argparse.ArgumentParser) -> None:
@@ -233,11 +268,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("train-lungs", help="train the lung-field segmenter from a YAML config (resumes)")
+    p.add_argument("--config", default="configs/lungs.yaml", help="YAML config (default: configs/lungs.yaml)")
+    p.add_argument("--out", default="runs/lungs", help="run folder (resumed if it holds last.pt)")
+    p.set_defaults(func=_train_lungs)
+
+    p = sub.add_parser("fit-lung-gate", help="set the frontal-view check and the lung_evidence threshold of a "
+                                             "checkpoint on frontal validation films")
+    _add_model(p)
+    _add_segmenter(p)
+    p.add_argument("--splits", default="runs/frontal",
+                   help="folder of the frontal populations' val.csv/test.csv (written first when absent)")
+    p.add_argument("--classifier-config", default="configs/pneumonia_adult_pediatric.yaml",
+                   help="the classifier's training config, whose splits give the pediatric and adult films")
+    p.add_argument("--lungs-config", default="configs/lungs.yaml", help="the segmenter's config (its split)")
+    p.add_argument("--rsna", default="../shared/data/rsna/labels.csv", help="the RSNA challenge films' labels")
+    p.add_argument("--view-quantile", type=float, default=0.995,
+                   help="each frontal population's view limit: this quantile of its validation films' distances")
+    p.add_argument("--quantile", type=float, default=0.05,
+                   help="lung_evidence quantile of flagged pneumonia films that sets the threshold")
+    p.add_argument("--out", required=True, help="the checkpoint to write")
+    p.set_defaults(func=_fit_lung_gate)
+
     p = sub.add_parser("predict", help="probabilities, CAM overlays and raw maps for images",
                        description="Score DICOM, NIfTI, PNG or JPEG files (folders recursively).")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
     p.add_argument("--out", default="medcam-out", help="output folder (default: medcam-out)")
     _add_model(p)
+    _add_segmenter(p)
     p.add_argument("--class", dest="cam_class", help="class whose map is overlaid (default: the positive class)")
     p.add_argument("--colour-map", "--colormap", default="jet", help="matplotlib colour map (default: jet)")
     p.add_argument("--opacity", type=float, default=0.5, help="overlay opacity in [0, 1] (default: 0.5)")
@@ -280,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "ones, so that the archive holds a result for each (the other formats stay for flagged images)")
     _add_regions(p)
     _add_model(p)
+    _add_segmenter(p)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     p.add_argument("--workers", type=int,
                    help="decoding processes (default: one per CPU core, up to 8; 0 decodes in the main process)")
@@ -330,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network and DIMSE timeout, long enough for large radiographs on slow links (default: 300)")
     _add_regions(p)
     _add_model(p)
+    _add_segmenter(p)
     _add_gate(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default: cpu)")
@@ -343,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
     p.add_argument("--out", default="medcam-export", help="output folder (default: medcam-export)")
     _add_model(p)
+    _add_segmenter(p)
     p.add_argument("--class", dest="cam_class", help="class whose map gives the regions, any case "
                    "(default: the positive class)")
     p.add_argument("--formats", default="all",
@@ -356,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="AUROC with CI, calibration and operating point on labelled data")
     _add_model(p)
+    _add_segmenter(p)
     p.add_argument("--data", required=True,
                    help="CSV (file,label[,patient_id][,population][,view]) or a folder per class")
     p.add_argument("--out", required=True, help="output folder")
@@ -409,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("model-card", help="write a model card from a checkpoint and its evaluations")
     _add_model(p)
+    _add_segmenter(p)
     p.add_argument("--eval", nargs="+", default=[], metavar="SPLIT=DIR",
                    help="evaluation folders holding metrics.json, e.g. test=runs/eval-test")
     p.add_argument("--notes", help="markdown file with reviewer observations of the CAMs")
@@ -425,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this computer only; the app has no login)")
     _add_model(p)
+    _add_segmenter(p)
     p.add_argument("--max-upload-mb", type=int, default=100, help="largest upload in MiB (default: 100)")
     p.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="largest image in pixels, folder or upload (default: 40000000)")

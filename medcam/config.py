@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,8 +16,8 @@ import yaml
 
 from medcam.errors import ConfigError
 
-__all__ = ["Config", "DataConfig", "DatasetConfig", "ModelConfig", "PreprocessConfig", "TrainConfig", "check_choice",
-           "load_config"]
+__all__ = ["Config", "DataConfig", "DatasetConfig", "IntendedUse", "ModelConfig", "PreprocessConfig", "TrainConfig",
+           "build_section", "check_choice", "load_config"]
 
 ARCHITECTURES = ("densenet121", "resnet18", "resnet50", "seresnet50", "efficientnet-b0")
 RESIZE_MODES = ("stretch", "letterbox")
@@ -129,7 +129,7 @@ class DataConfig:
         if self.source and self.sources:
             raise ConfigError("data: give either source or sources, not both")
         entries = tuple(
-            e if isinstance(e, DatasetConfig) else _build(DatasetConfig, e, "data.sources")
+            e if isinstance(e, DatasetConfig) else build_section(DatasetConfig, e, "data.sources")
             for e in self.sources
         )
         object.__setattr__(self, "sources", entries)
@@ -192,6 +192,91 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class IntendedUse:
+    """The images a model is meant to read.
+
+    Attributes:
+        modalities: DICOM Modality values accepted (``CR`` computed, ``DX`` digital radiography).
+        views: View Position values accepted (``PA``, ``AP``: frontal films).
+        body_parts: Body Part Examined values accepted (``THORAX`` counts as ``CHEST``).
+        min_age: youngest patient, in years; None for no lower bound.
+        max_age: oldest patient, in years; None for no upper bound.
+        greyscale_only: refuse colour images.
+        min_size: smallest accepted number of rows and of columns, in pixels.
+        allow_secondary_capture: research only: also accept Secondary Captures that are not
+            plain captures of a radiograph (Modality OT or none, a scanned image or document,
+            a drawing or synthetic image, derived or annotated pixels, a multi-frame class).
+            Either way a greyscale capture of a chest radiograph (Modality CR or DX,
+            Conversion Type WSD, DF, DI or none) is read like one, with a note, and medcam's
+            own results never are (see :mod:`medcam.gate.tags`). False in checkpoints made
+            before this rule means that rule too.
+    """
+
+    modalities: tuple[str, ...] = ("CR", "DX")
+    views: tuple[str, ...] = ("PA", "AP")
+    body_parts: tuple[str, ...] = ("CHEST",)
+    min_age: float | None = None
+    max_age: float | None = None
+    greyscale_only: bool = True
+    min_size: int = 256
+    allow_secondary_capture: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("modalities", "views", "body_parts"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise TypeError(f"{name} must be a sequence of strings, got {value!r}")
+            object.__setattr__(self, name, tuple(v.strip().upper() for v in value))
+        for name in ("min_age", "max_age"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise TypeError(f"{name} must be a number of years or None, got {value!r}")
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be at least 0 years, got {value}")
+        if self.min_age is not None and self.max_age is not None and self.min_age > self.max_age:
+            raise ValueError(f"min_age ({self.min_age}) is above max_age ({self.max_age})")
+        if isinstance(self.min_size, bool) or not isinstance(self.min_size, int):
+            raise TypeError(f"min_size must be a whole number of pixels, got {self.min_size!r}")
+        if self.min_size < 1:
+            raise ValueError(f"min_size must be at least 1 pixel, got {self.min_size}")
+
+    @property
+    def age_range(self) -> str:
+        """The age range in words: ``"18-90"``, ``"at least 18"``, ``"up to 5"`` or ``"any"``."""
+        low, high = _years(self.min_age), _years(self.max_age)
+        if self.min_age is not None and self.max_age is not None:
+            return f"{low}-{high}"
+        if self.min_age is not None:
+            return f"at least {low}"
+        return f"up to {high}" if self.max_age is not None else "any"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists, numbers, None, booleans) for checkpoint metadata or JSON."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IntendedUse:
+        """Read back :meth:`to_dict`; missing keys take their defaults.
+
+        Raises:
+            ConfigError: an unknown key or a wrong value, named.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"intended use: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"intended use: {err}") from err
+
+
+def _years(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+@dataclass(frozen=True)
 class Config:
     """A training run. ``intended_use`` (modalities, views, body parts, ages, minimum size; see
     :class:`medcam.gate.IntendedUse`) is written into the checkpoint for the intended-use gate."""
@@ -216,12 +301,10 @@ class Config:
         built: dict[str, Any] = {}
         for name, section_cls in (("model", ModelConfig), ("preprocess", PreprocessConfig),
                                   ("data", DataConfig), ("train", TrainConfig)):
-            built[name] = _build(section_cls, raw.get(name) or {}, f"{where}: {name}")
+            built[name] = build_section(section_cls, raw.get(name) or {}, f"{where}: {name}")
         use = raw.get("intended_use") or {}
         if not isinstance(use, dict):
             raise ConfigError(f"{where}: intended_use must be a mapping, got {type(use).__name__}")
-        from medcam.gate.intended_use import IntendedUse
-
         built["intended_use"] = IntendedUse.from_dict(use).to_dict()  # checked now, stored plain
         return cls(**built, path=path)
 
@@ -252,7 +335,8 @@ def load_config(path: str | Path) -> Config:
 _T = TypeVar("_T")
 
 
-def _build(section_cls: type[_T], raw: dict[str, Any], where: str) -> _T:
+def build_section(section_cls: type[_T], raw: dict[str, Any], where: str) -> _T:
+    """A config dataclass from a YAML mapping; unknown keys refused with "did you mean", lists as tuples."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
     fields = {f.name: f for f in dataclasses.fields(section_cls)}  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ Writes to the output folder:
   patients when the data names them, since images of one patient are not independent),
   ``threshold`` (the model's operating point), ``sensitivity`` and ``specificity`` there
   (with Wilson 95% CIs), ``ece`` (10 bins), the confusion matrix and the model id;
-- ``roc.png``, ``reliability.png`` and ``confusion.png``;
+- ``roc.png``, ``reliability.png`` and ``confusion.png`` (marked as medcam's own, ``Software=medcam``);
 - ``predictions.csv``: every image's calibrated probability and label.
 
 When the data names populations (``population`` column, as ``medcam train`` writes its
@@ -38,9 +38,10 @@ from tqdm import tqdm
 
 from medcam.calibration import expected_calibration_error
 from medcam.data import Sample, read_samples
+from medcam.gate.served import ServedModel
 from medcam.io import load_image
+from medcam.io.provenance import PNG_TEXT
 from medcam.localisation import best_iou, boxes_for, pointing_hit, read_boxes
-from medcam.models.predictor import Classifier
 from medcam.regions import RegionOptions, find_regions
 
 __all__ = ["Evaluation", "evaluate", "evaluate_scores"]
@@ -107,7 +108,7 @@ def evaluate_scores(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, t
     }
 
 
-def evaluate(classifier: Classifier, data: str | Path, out: str | Path, *, batch_size: int = 16,
+def evaluate(classifier: ServedModel, data: str | Path, out: str | Path, *, batch_size: int = 16,
              command: str = "", boxes: str | Path | None = None,
              regions: RegionOptions | None = None) -> Evaluation:
     """Score every labelled image of ``data`` (CSV or class folders) and write the report.
@@ -196,7 +197,7 @@ def _plot_roc(path: Path, probs: np.ndarray, labels: np.ndarray, m: dict[str, An
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC, n = {m['n']}")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata=PNG_TEXT)
     plt.close(fig)
 
 
@@ -219,7 +220,7 @@ def _plot_reliability(path: Path, probs: np.ndarray, labels: np.ndarray, m: dict
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata=PNG_TEXT)
     plt.close(fig)
 
 
@@ -236,5 +237,5 @@ def _plot_confusion(path: Path, m: dict[str, Any], positive: str) -> None:
     ax.set_yticks([0, 1], names)
     ax.set(xlabel="predicted", ylabel="true", title=f"threshold p >= {m['threshold']:.3f}")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata=PNG_TEXT)
     plt.close(fig)

@@ -54,13 +54,13 @@ from medcam.data import Sample, data_hash, read_samples, split_by_patient, write
 from medcam.errors import ConfigError
 from medcam.files import atomic_open
 from medcam.gate import IntendedUse, collect_features, write_intended_use, write_ood
+from medcam.gate.served import ServedModel
 from medcam.io import load_image
 from medcam.models.checkpoint import load_checkpoint, resave_checkpoint, save_checkpoint
 from medcam.models.networks import build_network
-from medcam.models.predictor import Classifier
 from medcam.models.preprocess import resize, standardise
 
-__all__ = ["sampling_weights", "train"]
+__all__ = ["read_populations", "sampling_weights", "split_populations", "train"]
 
 
 def _load_resized(config: Config) -> Lambda:
@@ -108,7 +108,7 @@ def _dataset(samples: Sequence[Sample], config: Config, train: bool) -> CacheDat
                         num_workers=config.train.num_workers, progress=False)
 
 
-def _read_populations(config: Config) -> list[Sample]:
+def read_populations(config: Config) -> list[Sample]:
     samples: list[Sample] = []
     rng = np.random.default_rng(config.train.seed)
     for dataset in config.data.datasets:
@@ -120,7 +120,7 @@ def _read_populations(config: Config) -> list[Sample]:
     return samples
 
 
-def _split(samples: Sequence[Sample], config: Config) -> tuple[list[Sample], list[Sample], list[Sample]]:
+def split_populations(samples: Sequence[Sample], config: Config) -> tuple[list[Sample], list[Sample], list[Sample]]:
     """Each population split by patient on its own, so that every one has validation and test images."""
     val_frac, test_frac = config.data.val_fraction, config.data.test_fraction
     parts: tuple[list[Sample], list[Sample], list[Sample]] = ([], [], [])
@@ -215,8 +215,8 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
     if not config.data.datasets:
         raise ConfigError(f"{config.path or 'config'}: neither data.source nor data.sources is set")
     torch.manual_seed(config.train.seed)
-    samples = _read_populations(config)
-    train_set, val_set, test_set = _split(samples, config)
+    samples = read_populations(config)
+    train_set, val_set, test_set = split_populations(samples, config)
     for name, part in (("train", train_set), ("val", val_set), ("test", test_set)):
         write_samples(out / f"{name}.csv", part, classes)
     for population in dict.fromkeys(s.population for s in samples):
@@ -347,7 +347,7 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
     log(f"best epoch {best_epoch + 1}: validation AUROC {best_auc:.4f}; {_describe(point.calibration)}, "
         f"threshold {point.threshold:.3f} (sensitivity >= {config.train.target_sensitivity}); {best} = {model_id}")
     write_intended_use(best, IntendedUse.from_dict(config.intended_use))
-    stats = fit_ood_on(Classifier(str(best)), out / "train.csv", out / "val.csv", log=log)
+    stats = fit_ood_on(ServedModel(str(best)), out / "train.csv", out / "val.csv", log=log)
     log(f"{best} = {write_ood(best, stats)}, with its intended use and image-gate statistics")
     return best
 
@@ -378,7 +378,7 @@ def recalibrate(model: str | Path, data: str | Path, *, out: str | Path, sensiti
     Raises:
         ValueError: no ``sensitivity`` is given and the checkpoint's config names none.
     """
-    classifier = Classifier(str(model))
+    classifier = ServedModel(str(model))
     ckpt = classifier.checkpoint
     if sensitivity is None:
         sensitivity = ckpt.metadata.get("config", {}).get("train", {}).get("target_sensitivity")

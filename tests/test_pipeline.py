@@ -18,7 +18,7 @@ from PIL import Image as PILImage
 from pydicom.data import get_testdata_file
 
 from medcam.cli import main
-from medcam.models import Classifier
+from medcam.gate import ServedModel
 from medcam.scoring import ModelInfo, ScoreOptions, label_of, read_results, score, skipped_path
 
 CT = Path(str(get_testdata_file("CT_small.dcm")))
@@ -26,8 +26,8 @@ MR = Path(str(get_testdata_file("MR_small.dcm")))
 
 
 @pytest.fixture(scope="module")
-def classifier(tiny_checkpoint: Path) -> Classifier:
-    return Classifier(str(tiny_checkpoint))
+def classifier(tiny_checkpoint: Path) -> ServedModel:
+    return ServedModel(str(tiny_checkpoint))
 
 
 def _rows(path: Path) -> dict[str, dict[str, str]]:
@@ -51,7 +51,7 @@ def _folder(tmp_path: Path) -> Path:
 
 
 def test_a_full_disk_while_writing_is_that_images_row_and_the_run_goes_on(
-        classifier: Classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        classifier: ServedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = _folder(tmp_path)
     real = __import__("medcam.scoring.outputs", fromlist=["write_cams"]).write_cams
 
@@ -90,7 +90,7 @@ def read_only_folder(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_read_only_output_folder_gives_error_rows_not_a_crash(
-        classifier: Classifier, tmp_path: Path, read_only_folder: Path) -> None:
+        classifier: ServedModel, tmp_path: Path, read_only_folder: Path) -> None:
     folder = _folder(tmp_path)
     out = tmp_path / "r.csv"
     summary = score([folder], classifier, _options(out, cams=read_only_folder))
@@ -100,7 +100,7 @@ def test_a_read_only_output_folder_gives_error_rows_not_a_crash(
 
 
 def test_a_highdicom_refusal_is_the_rows_reason_and_other_formats_are_written(
-        classifier: Classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        classifier: ServedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = _folder(tmp_path)
 
     def refuse(*args: object, **kwargs: object) -> None:
@@ -122,7 +122,7 @@ def test_a_highdicom_refusal_is_the_rows_reason_and_other_formats_are_written(
 
 
 def test_image_named_files_that_cannot_be_read_get_rows_others_are_listed(
-        classifier: Classifier, tmp_path: Path) -> None:
+        classifier: ServedModel, tmp_path: Path) -> None:
     folder = _folder(tmp_path)
     (folder / "x.dcm").write_bytes(b"")
     (folder / "y.dcm").write_bytes(np.random.default_rng(0).bytes(5000))

@@ -16,8 +16,9 @@ from pydicom.data import get_testdata_file
 
 from medcam.cli import main
 from medcam.config import ModelConfig, PreprocessConfig
+from medcam.gate import ServedModel
 from medcam.io import load_image
-from medcam.models import Classifier, build_network, save_checkpoint
+from medcam.models import build_network, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_predict_writes_overlays_maps_and_table(tiny_checkpoint: Path, inputs: l
     assert (ct["label"] == "PNEUMONIA") == (ct["flagged"] == "true")
 
     # the table agrees with the library called directly
-    direct = Classifier(str(tiny_checkpoint)).classify([ct_image])[0]
+    direct = ServedModel(str(tiny_checkpoint)).classify([ct_image])[0]
     assert p_pneumonia == pytest.approx(direct.probability("PNEUMONIA"), abs=1e-5)
 
     maps = np.load(ct["cam"])

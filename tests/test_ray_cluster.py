@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from medcam.errors import ConfigError
+from medcam.gate.served import ServedModel
 from medcam.models.checkpoint import load_checkpoint
-from medcam.models.predictor import Classifier
 from medcam.scoring import ScoreOptions, ray_engine, score, score_ray
 from medcam.scoring.ray_cluster import RayRequest, check_resources, requested_resources
 from tests.conftest import testdata_path as _testdata
@@ -243,7 +243,7 @@ def test_an_existing_cluster_too_small_fails_fast_and_one_large_enough_scores_li
         namespace: Path, tiny_checkpoint: Path) -> None:
     inputs = _inputs(namespace)
     local_out, few, enough = namespace / "local.csv", namespace / "few.csv", namespace / "enough.csv"
-    score([inputs], Classifier(str(tiny_checkpoint)), ScoreOptions(out=local_out, progress=False, workers=0,
+    score([inputs], ServedModel(str(tiny_checkpoint)), ScoreOptions(out=local_out, progress=False, workers=0,
                                                                                ignore_intended_use=True))
 
     token = secrets.token_hex(32)  # token authentication on, connected to as docs/ray-cluster.md says

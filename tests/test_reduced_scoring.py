@@ -13,8 +13,9 @@ import torch
 from PIL import Image as PILImage
 from pydicom.data import get_testdata_file
 
+from medcam.gate import ServedModel
 from medcam.io import load_image
-from medcam.models import Classifier, normalise_maps
+from medcam.models import normalise_maps
 from medcam.models.cam import CAMOutput
 from medcam.models.preprocess import prepare
 from medcam.scoring import ScoreOptions, read_results, score
@@ -35,12 +36,12 @@ def _radiographs() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def bundled() -> Classifier:
-    return Classifier("bundled")
+def bundled() -> ServedModel:
+    return ServedModel("bundled")
 
 
 @pytest.mark.parametrize("path", _radiographs(), ids=lambda p: p.name)
-def test_reduced_decode_keeps_the_probability_flag_and_map(bundled: Classifier, path: Path) -> None:
+def test_reduced_decode_keeps_the_probability_flag_and_map(bundled: ServedModel, path: Path) -> None:
     preprocess = bundled.checkpoint.preprocess
     full = load_image(path)
     reduced = load_image(path, min_size=preprocess.size)
@@ -59,7 +60,7 @@ def test_reduced_decode_keeps_the_probability_flag_and_map(bundled: Classifier, 
 
 
 def test_scoring_decodes_reduced_and_reads_flagged_images_in_full_for_their_files(
-        bundled: Classifier, tmp_path: Path) -> None:
+        bundled: ServedModel, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("RG1_J2KR.dcm", "RG3_J2KR.dcm"):
@@ -68,7 +69,7 @@ def test_scoring_decodes_reduced_and_reads_flagged_images_in_full_for_their_file
             pytest.skip(f"pydicom-data's {name} is not installed")
         shutil.copy(str(source), folder / name)
     ckpt = bundled.checkpoint
-    flag_all = Classifier(dataclasses.replace(ckpt, threshold=0.0))
+    flag_all = ServedModel(dataclasses.replace(ckpt, threshold=0.0))
     rows = {}
     for reduce in (True, False):
         out = tmp_path / f"reduce-{reduce}.csv"

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +26,17 @@ from pydicom.uid import generate_uid
 from medcam.cli import main
 from medcam.config import ModelConfig, PreprocessConfig
 from medcam.errors import MedcamError
+from medcam.gate import ServedModel
 from medcam.io import load_image
-from medcam.models import Classifier, build_network, save_checkpoint
+from medcam.models import build_network, save_checkpoint
+from medcam.models.lungs import load_segmenter
 from medcam.scoring import (
+    ModelInfo,
     ResultsFile,
     ScoreOptions,
     ScoreSummary,
     iter_items,
+    make_row,
     ray_engine,
     read_results,
     results_columns,
@@ -53,8 +58,8 @@ SAMPLE_DICOM = REPO / "sample_data" / "dicom"
 
 
 @pytest.fixture(scope="module")
-def classifier(tiny_checkpoint: Path) -> Classifier:
-    return Classifier(str(tiny_checkpoint))
+def classifier(tiny_checkpoint: Path) -> ServedModel:
+    return ServedModel(str(tiny_checkpoint))
 
 
 def write_dicom(source: str | Path, path: Path, *, study: str | None = None, series: str | None = None,
@@ -112,7 +117,7 @@ def many_dicoms(folder: Path, n: int) -> list[Path]:
 
 
 def test_discovery_by_content_skips_non_images_and_survives_a_symlink_loop(
-        classifier: Classifier, tmp_path: Path) -> None:
+        classifier: ServedModel, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     write_dicom(pydicom_file("CT_small.dcm"), folder / "no_extension")
     write_dicom(pydicom_file("MR_small_RLE.dcm"), folder / "deep" / "er" / "rle.bin")
@@ -144,7 +149,7 @@ def test_discovery_by_content_skips_non_images_and_survives_a_symlink_loop(
 
 
 def test_unreadable_folder_gets_an_error_row_and_the_rest_is_scored(
-        classifier: Classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        classifier: ServedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests run as root, where chmod 000 does not stop reading: make scandir refuse instead.
     folder = tmp_path / "in"
     write_dicom(pydicom_file("CT_small.dcm"), folder / "a")
@@ -166,7 +171,7 @@ def test_unreadable_folder_gets_an_error_row_and_the_rest_is_scored(
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their mode")
-def test_chmod_000_folder_is_reported(classifier: Classifier, tmp_path: Path) -> None:
+def test_chmod_000_folder_is_reported(classifier: ServedModel, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     write_dicom(pydicom_file("CT_small.dcm"), folder / "locked" / "b")
     (folder / "locked").chmod(0)
@@ -189,7 +194,7 @@ def test_iter_items_is_streamed_absolute_and_unique(tmp_path: Path, monkeypatch:
 # --- rows ---------------------------------------------------------------------------------------
 
 
-def test_columns_and_probabilities_agree_with_the_classifier(classifier: Classifier, tmp_path: Path) -> None:
+def test_columns_and_probabilities_agree_with_the_classifier(classifier: ServedModel, tmp_path: Path) -> None:
     ct = tmp_path / "in" / "ct"
     ds = write_dicom(pydicom_file("CT_small.dcm"), ct)
     out = tmp_path / "r.csv"
@@ -197,7 +202,10 @@ def test_columns_and_probabilities_agree_with_the_classifier(classifier: Classif
     with open(out, newline="") as f:
         header = next(csv.reader(f))
     assert header == ["path", "status", "reason", "sop_instance_uid", "series_instance_uid",
-                      "study_instance_uid", "prob_NORMAL", "prob_PNEUMONIA", "label", "flagged", "ood_score", "model"]
+                      "study_instance_uid", "prob_NORMAL", "prob_PNEUMONIA", "label", "flagged", "ood_score",
+                      "lung_evidence", "quality", "model", "segmenter", "scored_at", "study_date", "manufacturer",
+                      "manufacturer_model", "station_name", "view_position", "body_part", "photometric",
+                      "bits_stored"]
     row = by_name(out)["ct"]
     assert row["path"] == str(ct)
     assert (row["sop_instance_uid"], row["series_instance_uid"], row["study_instance_uid"]) == (
@@ -212,7 +220,7 @@ def test_columns_and_probabilities_agree_with_the_classifier(classifier: Classif
 
 
 def test_bad_files_get_error_rows_with_reasons_and_do_not_stop_the_batch(
-        classifier: Classifier, tmp_path: Path) -> None:
+        classifier: ServedModel, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     study = generate_uid()
     write_dicom(pydicom_file("CT_small.dcm"), folder / "0_good", study=study)
@@ -254,7 +262,7 @@ def test_bad_files_get_error_rows_with_reasons_and_do_not_stop_the_batch(
         assert rows[name]["prob_PNEUMONIA"] == rows[name]["label"] == rows[name]["flagged"] == ""
 
 
-def test_studies_file_aggregates_each_study(classifier: Classifier, tmp_path: Path) -> None:
+def test_studies_file_aggregates_each_study(classifier: ServedModel, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     a, b, c = (generate_uid() for _ in range(3))
     for i in range(2):
@@ -288,7 +296,7 @@ def test_studies_file_aggregates_each_study(classifier: Classifier, tmp_path: Pa
     assert (b_row["n_images"], b_row["n_ok"], b_row["n_error"]) == ("4", "3", "1")
 
 
-def test_threads_option_sets_the_model_threads(classifier: Classifier, tmp_path: Path) -> None:
+def test_threads_option_sets_the_model_threads(classifier: ServedModel, tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     write_dicom(pydicom_file("CT_small.dcm"), tmp_path / "in" / "ct")
     try:
@@ -315,7 +323,7 @@ def test_decoding_workers_run_at_the_niceness_asked_for(niceness: int) -> None:
     assert seen == {str(min(19, os.nice(0) + niceness))}
 
 
-def test_cams_have_safe_names_that_never_collide(classifier: Classifier, tmp_path: Path) -> None:
+def test_cams_have_safe_names_that_never_collide(classifier: ServedModel, tmp_path: Path) -> None:
     one = tmp_path / "site 1" / "img.dcm"
     two = tmp_path / "site;2" / "img.dcm"
     write_dicom(pydicom_file("CT_small.dcm"), one)
@@ -325,8 +333,8 @@ def test_cams_have_safe_names_that_never_collide(classifier: Classifier, tmp_pat
     score([tmp_path], classifier, options(out, cams=cams))
     rows = {r["path"]: r for r in rows_of(out)}
     assert set(rows) == {str(one), str(two)}
-    files = [Path(rows[str(p)][kind]) for p in (one, two) for kind in ("overlay", "cam")]
-    assert len(set(files)) == 4 and all(f.parent == cams.resolve() and f.is_file() for f in files)
+    files = [Path(rows[str(p)][kind]) for p in (one, two) for kind in ("overlay", "cam", "lungs")]
+    assert len(set(files)) == 6 and all(f.parent == cams.resolve() and f.is_file() for f in files)
     assert sorted(p.name for p in cams.iterdir()) == sorted(f.name for f in files)
     image = load_image(one)
     maps = np.load(rows[str(one)]["cam"])
@@ -341,7 +349,7 @@ def test_regions_are_exported_for_flagged_images_only(tmp_path: Path) -> None:
     net = build_network(ModelConfig()).eval()
     ckpt_path = tmp_path / "t.pt"
     save_checkpoint(ckpt_path, net, ModelConfig(), PreprocessConfig(size=64), trained=False)
-    probe = Classifier(str(ckpt_path))
+    probe = ServedModel(str(ckpt_path))
     folder = tmp_path / "in"
     ct, mr = folder / "ct", folder / "mr"
     write_dicom(pydicom_file("CT_small.dcm"), ct)
@@ -354,7 +362,7 @@ def test_regions_are_exported_for_flagged_images_only(tmp_path: Path) -> None:
     flagged, unflagged = (ct, mr) if p_ct > p_mr else (mr, ct)
     regions = tmp_path / "regions"
     out = tmp_path / "r.csv"
-    score([folder], Classifier(str(ckpt_path)), options(out, regions=regions, region_formats=("seg", "json")))
+    score([folder], ServedModel(str(ckpt_path)), options(out, regions=regions, region_formats=("seg", "json")))
     rows = by_name(out)
     assert rows[flagged.name]["flagged"] == "true" and rows[unflagged.name]["flagged"] == "false"
     written = sorted(p.name for p in regions.iterdir())
@@ -370,7 +378,7 @@ def test_regions_are_exported_for_flagged_images_only(tmp_path: Path) -> None:
 # --- durability and resume ----------------------------------------------------------------------
 
 
-def test_resume_scores_only_what_is_missing(classifier: Classifier, tmp_path: Path,
+def test_resume_scores_only_what_is_missing(classifier: ServedModel, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "in"
     many_dicoms(folder, 3)
@@ -401,7 +409,7 @@ def test_resume_scores_only_what_is_missing(classifier: Classifier, tmp_path: Pa
     assert (third.scored, sum(seen), len(rows_of(out))) == (0, 0, 5)
 
 
-def test_torn_last_row_is_cut_and_that_input_scored_again(classifier: Classifier, tmp_path: Path) -> None:
+def test_torn_last_row_is_cut_and_that_input_scored_again(classifier: ServedModel, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     paths = many_dicoms(folder, 4)
     out = tmp_path / "r.csv"
@@ -413,27 +421,40 @@ def test_torn_last_row_is_cut_and_that_input_scored_again(classifier: Classifier
     assert summary.scored == 1
     repaired = out.read_bytes()
     assert repaired[:last_start] == text[:last_start]  # the rows before are untouched
-    old, new = (next(csv.reader(io.StringIO(t[last_start:].decode()))) for t in (text, repaired))
-    assert new[:6] == old[:6] and new[9:] == old[9:]  # the same row, scored again (columns 6-8: p, p, label)
-    assert float(new[7]) == pytest.approx(float(old[7]), abs=1e-5)
+    header = next(csv.reader(io.StringIO(text.decode())))
+    old, new = (dict(zip(header, next(csv.reader(io.StringIO(t[last_start:].decode()))), strict=True))
+                for t in (text, repaired))
+    floats = ("prob_NORMAL", "prob_PNEUMONIA", "lung_evidence")
+    same = [c for c in header if c not in (*floats, "scored_at")]
+    assert [new[c] for c in same] == [old[c] for c in same]  # the same row, scored again
+    assert all(float(new[c]) == pytest.approx(float(old[c]), abs=1e-5) for c in floats if old[c])
+    assert new["scored_at"] >= old["scored_at"]
     assert sorted(r["path"] for r in rows_of(out)) == sorted(map(str, paths))
 
 
 def test_results_file_refuses_another_model_other_columns_and_a_second_writer(tmp_path: Path) -> None:
     out = tmp_path / "r.csv"
     columns = results_columns(("NORMAL", "PNEUMONIA"))
-    with ResultsFile.open(out, columns, "densenet121-aaa") as results:
-        results.append([[str(tmp_path / "x"), "error", "why", "", "", "", "", "", "", "", "", "densenet121-aaa"]])
+    info = ModelInfo("densenet121-aaa", ("NORMAL", "PNEUMONIA"), "PNEUMONIA", 0.5, segmenter_id="lungunet-aaa")
+    with ResultsFile.open(out, columns, "densenet121-aaa", segmenter_id="lungunet-aaa") as results:
+        results.append([make_row(info, str(tmp_path / "x"), "error", "why", ("", "", ""), None)])
     (tmp_path / "old.csv").write_text("path,status,error,sop_instance_uid\n")
     with pytest.raises(MedcamError, match="older medcam"):
         ResultsFile.open(tmp_path / "old.csv", columns, "densenet121-aaa")
-    with ResultsFile.open(out, columns, "densenet121-aaa"), pytest.raises(MedcamError, match="another medcam"):
-        ResultsFile.open(out, columns, "densenet121-aaa")
+    before_lungs = [c for c in columns if c not in ("lung_evidence", "quality", "segmenter")]
+    (tmp_path / "before.csv").write_text(",".join(before_lungs) + "\n")
+    with pytest.raises(MedcamError, match=r"older medcam \(no lung_evidence"):
+        ResultsFile.open(tmp_path / "before.csv", columns, "densenet121-aaa")
+    with pytest.raises(MedcamError, match="lung segmenter lungunet-aaa, this run uses lungunet-bbb"):
+        ResultsFile.open(out, columns, "densenet121-aaa", segmenter_id="lungunet-bbb")
+    with (ResultsFile.open(out, columns, "densenet121-aaa", segmenter_id="lungunet-aaa"),
+          pytest.raises(MedcamError, match="another medcam")):
+        ResultsFile.open(out, columns, "densenet121-aaa", segmenter_id="lungunet-aaa")
     with pytest.raises(MedcamError, match="scored by model densenet121-aaa"):
-        ResultsFile.open(out, columns, "densenet121-bbb")
+        ResultsFile.open(out, columns, "densenet121-bbb", segmenter_id="lungunet-aaa")
     with pytest.raises(MedcamError, match="has the columns"):
         ResultsFile.open(out, results_columns(("A", "B", "C")), "densenet121-aaa")
-    with ResultsFile.open(out, columns, "densenet121-aaa") as results:
+    with ResultsFile.open(out, columns, "densenet121-aaa", segmenter_id="lungunet-aaa") as results:
         assert results.done == {str(tmp_path / "x")}
 
 
@@ -518,6 +539,13 @@ def test_kill_9_at_several_points_then_resume_gives_exactly_one_row_per_input(
     _assert_one_row_each(out, expected, complete=True)
     assert by_name(out)["broken"]["reason"].startswith("truncated")
     assert studies_path(out).is_file()
+    rows = rows_of(out)  # the lung and acquisition columns survive the kills and the resume
+    assert {r["segmenter"] for r in rows} == {load_segmenter().segmenter_id}
+    analysed = [r for r in rows if r["status"] == "ok"]
+    evidence = [float(r["lung_evidence"]) for r in analysed if r["lung_evidence"]]  # empty: no positive evidence
+    assert len(analysed) == 100 and evidence and all(0 <= e <= 1 for e in evidence)
+    assert all(r["manufacturer"] and r["bits_stored"] for r in analysed)
+    assert all(datetime.fromisoformat(r["scored_at"]).tzinfo is not None for r in rows)
 
 
 @pytest.mark.slow
@@ -546,7 +574,7 @@ def test_ray_missing_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.slow
-def test_ray_engine_writes_the_same_rows_and_files_as_the_local_engine(classifier: Classifier,
+def test_ray_engine_writes_the_same_rows_and_files_as_the_local_engine(classifier: ServedModel,
                                                                        tmp_path: Path) -> None:
     pytest.importorskip("ray.data", reason='Ray is optional: pip install "medcam-screening[distributed]"')
     folder = tmp_path / "in"
@@ -559,7 +587,7 @@ def test_ray_engine_writes_the_same_rows_and_files_as_the_local_engine(classifie
     junk.write_bytes(b"\x00" * 500)
     ckpt = classifier.checkpoint  # at threshold 0 every image is flagged and gets its regions exported
     save_checkpoint(tmp_path / "all.pt", ckpt.network, ckpt.model, ckpt.preprocess, trained=False, threshold=0.0)
-    flag_all = Classifier(str(tmp_path / "all.pt"))
+    flag_all = ServedModel(str(tmp_path / "all.pt"))
 
     def run(engine: str) -> ScoreSummary:
         kwargs = {"batch_size": 4, "cams": tmp_path / engine / "cams", "regions": tmp_path / engine / "regions",
@@ -579,9 +607,11 @@ def test_ray_engine_writes_the_same_rows_and_files_as_the_local_engine(classifie
     for path, row in local.items():
         other = remote[path]
         for column, value in row.items():
-            if column.startswith("prob_") and value:
-                assert float(other[column]) == pytest.approx(float(value), abs=1e-5), (path, column)
-            elif column in ("overlay", "cam", "exports") and value:
+            if (column.startswith("prob_") or column == "lung_evidence") and value:
+                assert float(other[column]) == pytest.approx(float(value), abs=1e-4), (path, column)
+            elif column == "scored_at":
+                assert datetime.fromisoformat(other[column]).tzinfo is not None, (path, column)
+            elif column in ("overlay", "cam", "lungs", "exports") and value:
                 if column == "exports":
                     assert [Path(f).name for f in other[column].split(";")] == [
                         Path(f).name for f in value.split(";")], (path, column)

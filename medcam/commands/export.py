@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from medcam.commands import echo_rows, model_line, write_manifest
-from medcam.models.predictor import Classifier
+from medcam.gate.served import ServedModel
 from medcam.regions import resolve_class
 from medcam.scoring import ScoreOptions, ScoreSummary, score
 
@@ -28,7 +28,7 @@ def export_options(out: str | Path, **options: object) -> ScoreOptions:
                         **options)  # type: ignore[arg-type]
 
 
-def export_images(paths: Iterable[str | Path], classifier: Classifier, options: ScoreOptions, *,
+def export_images(paths: Iterable[str | Path], classifier: ServedModel, options: ScoreOptions, *,
                   echo: bool = True) -> ScoreSummary:
     """Run the pipeline with ``options`` (see :func:`export_options`) and print one line per input."""
     summary = score(paths, classifier, options)
@@ -49,7 +49,7 @@ def export_images(paths: Iterable[str | Path], classifier: Classifier, options: 
     return summary
 
 
-def main(paths: Iterable[str | Path], classifier: Classifier, options: ScoreOptions) -> ScoreSummary:
+def main(paths: Iterable[str | Path], classifier: ServedModel, options: ScoreOptions) -> ScoreSummary:
     """What ``medcam export`` runs: the model line and the region rule, then :func:`export_images`."""
     print(f"{model_line(classifier.checkpoint, 'regions')}; regions: {options.region_options.describe()}")
     return export_images(paths, classifier, options)

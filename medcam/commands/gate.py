@@ -20,13 +20,13 @@ from medcam.gate import (
     write_intended_use,
     write_ood,
 )
+from medcam.gate.served import ServedModel
 from medcam.models.checkpoint import load_checkpoint
-from medcam.models.predictor import Classifier
 
 __all__ = ["fit_ood_command", "fit_ood_on", "intended_use_command"]
 
 
-def fit_ood_on(classifier: Classifier, train: str | Path, val: str | Path, *, batch_size: int = 16,
+def fit_ood_on(classifier: ServedModel, train: str | Path, val: str | Path, *, batch_size: int = 16,
                quantile: float = 0.99, log: Any = print) -> OODStats:
     """Statistics of ``classifier``'s features on the labelled ``train`` images, the threshold from ``val``
     (at ``quantile`` of each population's validation scores when ``val`` names populations)."""
@@ -51,7 +51,7 @@ def fit_ood_on(classifier: Classifier, train: str | Path, val: str | Path, *, ba
 def fit_ood_command(model: str, train: str | Path, val: str | Path, out: str | Path, *, batch_size: int = 16,
                     quantile: float = 0.99) -> str:
     """What ``medcam fit-ood`` runs; returns the new model id."""
-    classifier = Classifier(model)
+    classifier = ServedModel(model)
     stats = fit_ood_on(classifier, train, val, batch_size=batch_size, quantile=quantile)
     model_id = write_ood(classifier.checkpoint.path, stats, out=out)
     print(f"wrote {out} = {model_id}")

@@ -14,7 +14,8 @@ from types import FrameType
 
 from medcam.commands import EXIT_INTERRUPTED, EXIT_OK, model_line
 from medcam.errors import MedcamError
-from medcam.models.predictor import Classifier
+from medcam.gate.served import ServedModel
+from medcam.models.lungs import BUNDLED_SEGMENTER
 from medcam.node.send import Destination, DimseDestination, StowDestination, parse_peer
 from medcam.node.service import Node, NodeOptions
 
@@ -47,10 +48,10 @@ def configure_logging(debug: bool = False) -> None:
 
 
 def main(model: str, options: NodeOptions, destination: Destination | None, *, device: str = "cpu",
-         debug: bool = False) -> int:
+         debug: bool = False, segmenter: str | None = BUNDLED_SEGMENTER) -> int:
     """Start the node and serve until SIGTERM, SIGHUP or SIGINT; what is in flight stays in the spool."""
     configure_logging(debug)
-    classifier = Classifier(model, device=device)
+    classifier = ServedModel(model, device=device, segmenter=segmenter)
     log.info("%s", model_line(classifier.checkpoint, "results"))
     where = destination.describe() if destination is not None else f"nowhere: results stay in {options.spool}/outbox"
     log.info("spool %s; series scored after %.0f s of quiet; %s results sent %s", options.spool, options.settle,

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from medcam.commands import echo_rows, model_line, write_manifest
-from medcam.models.predictor import Classifier
+from medcam.gate.served import ServedModel
 from medcam.scoring import ScoreOptions, ScoreSummary, score
 
 __all__ = ["predict", "predict_options"]
@@ -29,7 +29,7 @@ def predict_options(out: str | Path, **options: object) -> ScoreOptions:
                         progress=False, **options)  # type: ignore[arg-type]
 
 
-def predict(paths: Iterable[str | Path], classifier: Classifier, options: ScoreOptions, *,
+def predict(paths: Iterable[str | Path], classifier: ServedModel, options: ScoreOptions, *,
             echo: bool = True) -> ScoreSummary:
     """Run the pipeline with ``options`` (see :func:`predict_options`) and print one line per input."""
     summary = score(paths, classifier, options)
@@ -45,7 +45,7 @@ def predict(paths: Iterable[str | Path], classifier: Classifier, options: ScoreO
     return summary
 
 
-def main(paths: Iterable[str | Path], classifier: Classifier, options: ScoreOptions) -> ScoreSummary:
+def main(paths: Iterable[str | Path], classifier: ServedModel, options: ScoreOptions) -> ScoreSummary:
     """What ``medcam predict`` runs: the model line, then :func:`predict`."""
     print(model_line(classifier.checkpoint))
     return predict(paths, classifier, options)

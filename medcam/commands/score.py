@@ -19,19 +19,20 @@ from pathlib import Path
 
 from medcam.commands import EXIT_INCOMPLETE, EXIT_OK, exit_status, model_line
 from medcam.errors import ConfigError
+from medcam.gate.served import ServedModel
 from medcam.models.checkpoint import load_checkpoint
-from medcam.models.predictor import Classifier
+from medcam.models.lungs import BUNDLED_SEGMENTER
 from medcam.node import dicomweb
 from medcam.scoring import ScoreOptions, score, score_ray, skipped_path
 
 __all__ = ["main", "pull", "stow"]
 
-DICOM_FORMATS = ("seg", "sc", "sr", "gsps")
+DICOM_FORMATS = ("seg", "sc", "sr", "gsps", "lungs")  # lungs: the lung fields' SEG
 
 
 def main(inputs: Sequence[str | Path], model: str, options: ScoreOptions, *, device: str = "cpu",
          engine: str = "local", ray_address: str | None = None, actors: int = 1, study: str | None = None,
-         since: str | None = None, stow_url: str | None = None) -> int:
+         since: str | None = None, stow_url: str | None = None, segmenter: str | None = BUNDLED_SEGMENTER) -> int:
     """What ``medcam score`` runs: the model line, archives fetched, the run on the chosen engine, a
     summary, the results stored back; returns the exit status (see :mod:`medcam.commands`).
 
@@ -52,13 +53,14 @@ def main(inputs: Sequence[str | Path], model: str, options: ScoreOptions, *, dev
         if options.regions is None or not set(options.region_formats) & set(DICOM_FORMATS):
             raise ConfigError(f"--stow stores the DICOM results of --regions: give --regions DIR and one of "
                               f"{','.join(DICOM_FORMATS)} in --formats")
-    classifier = None if engine == "ray" else Classifier(model, device=device)
+    classifier = None if engine == "ray" else ServedModel(model, device=device, segmenter=segmenter)
     ckpt = load_checkpoint(model) if classifier is None else classifier.checkpoint
     print(f"{model_line(ckpt)}; engine {engine}")
     folders, problems = pull(sources, options.out, study=study, since=since)
     try:
         if classifier is None:
-            summary = score_ray(folders, ckpt, options, device=device, address=ray_address, actors=actors)
+            summary = score_ray(folders, ckpt, options, device=device, address=ray_address, actors=actors,
+                                segmenter=segmenter)
         else:
             summary = score(folders, classifier, options)
     except KeyboardInterrupt:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from medcam.models.checkpoint import resave_checkpoint
+
 __all__ = ["update_checkpoint"]
 
 
@@ -26,6 +28,4 @@ def update_checkpoint(path: str | Path, updates: dict[str, Any], *, out: str | P
             bundled model, or ``updates`` would replace an entry that describes the weights
             (model, preprocess, temperature, class_bias, threshold, trained).
     """
-    from medcam.models.checkpoint import resave_checkpoint
-
     return resave_checkpoint(path, out=out, updates=updates)

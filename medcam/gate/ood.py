@@ -34,18 +34,17 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from sklearn.covariance import LedoitWolf
 
 from medcam.errors import CheckpointError, MedcamError
 from medcam.gate.metadata import update_checkpoint
 from medcam.io import load_image
+from medcam.models.checkpoint import Checkpoint, load_checkpoint
+from medcam.models.predictor import Classifier
 from medcam.models.preprocess import prepare
-
-if TYPE_CHECKING:
-    from medcam.models.checkpoint import Checkpoint
-    from medcam.models.predictor import Classifier
 
 __all__ = ["METADATA_KEY", "FeatureSet", "OODStats", "collect_features", "fit_ood", "read_ood",
            "write_ood"]
@@ -191,8 +190,6 @@ def fit_ood(
         ValueError: shapes disagree, a class has fewer than two images, or ``quantile`` is
             not in (0, 1].
     """
-    from sklearn.covariance import LedoitWolf
-
     x = torch.as_tensor(features_train).detach().double().cpu()
     labels = torch.as_tensor(labels_train).long().cpu()
     val = torch.as_tensor(features_val).detach().float().cpu()
@@ -264,8 +261,6 @@ def write_ood(path: str | Path, stats: OODStats, *, out: str | Path | None = Non
         CheckpointError: as :func:`~medcam.gate.metadata.update_checkpoint`, or the
             statistics do not fit the network's feature size.
     """
-    from medcam.models.checkpoint import load_checkpoint
-
     _check_fits(load_checkpoint(path), stats)
     return update_checkpoint(path, {METADATA_KEY: stats.to_metadata()}, out=out)
 

@@ -51,11 +51,15 @@ class CAMOutput(NamedTuple):
     replaced global average pooling would have output), from the same forward pass; the
     out-of-distribution score of :mod:`medcam.gate.ood` reads it. Methods that do not see
     the head's input (the gradient and occlusion methods) leave it ``None``.
+
+    ``lungs`` ``(B, 1, s, s)`` is the lung segmenter's probability on the model grid for the
+    same batch (see :mod:`medcam.models.lungs`), when the classifier serves one.
     """
 
     logits: torch.Tensor
     maps: torch.Tensor
     features: torch.Tensor | None = None
+    lungs: torch.Tensor | None = None
 
 
 class CAMMethod(ABC):

@@ -36,7 +36,8 @@ from medcam.errors import CheckpointError, ConfigError
 from medcam.files import atomic_open
 from medcam.models.networks import build_network
 
-__all__ = ["BUNDLED_MODEL", "Checkpoint", "load_checkpoint", "resave_checkpoint", "save_checkpoint"]
+__all__ = ["BUNDLED_MODEL", "Checkpoint", "file_id", "load_checkpoint", "plain_metadata", "read_payload",
+           "resave_checkpoint", "save_checkpoint"]
 
 FORMAT = "medcam-checkpoint"
 FORMAT_VERSION = 3  # the newest this medcam reads; 2 adds class_bias, 3 model.output_stride
@@ -69,6 +70,27 @@ class Checkpoint:
     def calibration(self) -> Calibration:
         """The map from logits to calibrated probabilities."""
         return Calibration(self.temperature, self.class_bias)
+
+
+def read_payload(file: Path, kind: str, version: int, what: str) -> dict[str, Any]:
+    """The dictionary a medcam file of format ``kind`` holds, read with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, of another format, or of a format
+            version newer than ``version`` (the newest this medcam reads).
+    """
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{file}: no such {what} file") from err
+    except Exception as err:  # torch raises many types for corrupt or unsafe pickles
+        raise CheckpointError(f"{file}: not a readable {what} ({type(err).__name__}: {err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != kind:
+        raise CheckpointError(f"{file}: not a medcam {what} (no 'format': {kind!r} entry)")
+    if payload.get("format_version", 0) > version:
+        raise CheckpointError(f"{file}: {what} format version {payload['format_version']} is newer than this "
+                              f"medcam ({medcam.__version__}) reads; upgrade medcam-screening")
+    return payload
 
 
 def bundled_checkpoint_path() -> Path:
@@ -108,7 +130,7 @@ def save_checkpoint(
         k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
         for k, v in network.state_dict().items()
     }
-    model_meta = _plain(dataclasses.asdict(model))
+    model_meta = plain_metadata(dataclasses.asdict(model))
     if model.output_stride == ModelConfig.output_stride:
         del model_meta["output_stride"]
     metadata: dict[str, Any] = {
@@ -122,14 +144,14 @@ def save_checkpoint(
     }
     if calibration.bias is not None:
         metadata["class_bias"] = list(calibration.bias)
-    metadata.update(_plain(extra or {}))
+    metadata.update(plain_metadata(extra or {}))
     version = 3 if "output_stride" in model_meta else 1 if calibration.bias is None else 2
     payload = {"format": FORMAT, "format_version": version, "state_dict": state, "metadata": metadata}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as f:
         torch.save(payload, f)
-    return _model_id(model.architecture, path)
+    return file_id(model.architecture, path)
 
 
 def load_checkpoint(path: str | Path = BUNDLED_MODEL, *, device: str | torch.device = "cpu") -> Checkpoint:
@@ -139,19 +161,7 @@ def load_checkpoint(path: str | Path = BUNDLED_MODEL, *, device: str | torch.dev
         CheckpointError: the file is missing, not a medcam checkpoint, or inconsistent.
     """
     file = bundled_checkpoint_path() if str(path) == BUNDLED_MODEL else Path(path)
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise CheckpointError(f"{file}: no such checkpoint file") from err
-    except Exception as err:  # torch raises many types for corrupt or unsafe pickles
-        raise CheckpointError(f"{file}: not a readable checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: not a medcam checkpoint (no 'format': {FORMAT!r} entry)")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{file}: checkpoint format version {payload['format_version']} is newer than this "
-            f"medcam ({medcam.__version__}) reads; upgrade medcam-screening"
-        )
+    payload = read_payload(file, FORMAT, FORMAT_VERSION, "checkpoint")
     meta = payload["metadata"]
     try:
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()}
@@ -175,7 +185,7 @@ def load_checkpoint(path: str | Path = BUNDLED_MODEL, *, device: str | torch.dev
         network=network,
         model=model,
         preprocess=preprocess,
-        model_id=_model_id(model.architecture, file),
+        model_id=file_id(model.architecture, file),
         path=str(file),
         temperature=calibration.temperature,
         threshold=float(meta.get("threshold", 0.5)),
@@ -228,7 +238,8 @@ def resave_checkpoint(path: str | Path, *, out: str | Path | None = None, update
                            trained=ckpt.trained, half=half, extra=extra)
 
 
-def _model_id(architecture: str, file: Path) -> str:
+def file_id(architecture: str, file: Path) -> str:
+    """``architecture`` plus the first 12 hex digits of the SHA-256 of ``file``: the id users see."""
     digest = hashlib.sha256()
     with open(file, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -236,7 +247,7 @@ def _model_id(architecture: str, file: Path) -> str:
     return f"{architecture}-{digest.hexdigest()[:12]}"
 
 
-def _plain(value: Any) -> Any:
+def plain_metadata(value: Any) -> Any:
     """Plain containers and scalars, recursively, so that metadata loads under ``weights_only=True``.
 
     Tuples become lists and ``str`` subclasses (``torch.__version__``) plain ``str``.
@@ -244,7 +255,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, str):
         return str(value)
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_metadata(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_metadata(v) for v in value]
     return value

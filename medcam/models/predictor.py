@@ -1,7 +1,9 @@
-"""From loaded images to calibrated probabilities and CAMs on the source pixel grid.
+"""From loaded images to calibrated probabilities, CAMs and lung fields on the source pixel grid.
 
 :class:`Classifier` batches images prepared by :mod:`medcam.models.preprocess` through the
-single-pass CAM network and brings every map back onto its own source image.
+single-pass CAM network and the lung segmenter (:mod:`medcam.models.lungs`), and brings every
+map and mask back onto its own source image. It knows nothing of the intended-use gate:
+:class:`medcam.gate.ServedModel` adds the gate's data to it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ from dataclasses import dataclass
 import torch
 
 from medcam.calibration import Calibration
+from medcam.errors import CheckpointError
 from medcam.io.image import Image
 from medcam.models.cam import CAMMethod, CAMOutput, SinglePassCAM, convert_to_cam, find_gap_layer
 from medcam.models.checkpoint import BUNDLED_MODEL, Checkpoint, load_checkpoint
+from medcam.models.gradient import GradCAM, GradCAMpp, OcclusionCAM
 from medcam.models.grid import GridTransform, maps_to_source
+from medcam.models.lungs import BUNDLED_SEGMENTER, LungSegmenter, cell_fractions, load_segmenter, lung_evidence
 from medcam.models.preprocess import prepare
 
-__all__ = ["Classifier", "Prediction", "serving_memory_format"]
+__all__ = ["EVIDENCE_KEY", "Classifier", "Prediction", "evidence_caution", "serving_memory_format"]
+
+EVIDENCE_KEY = "lung_evidence"  # checkpoint metadata: {"threshold": T, "rule": ..., "segmenter": id}
 
 
 def serving_memory_format(device: torch.device) -> torch.memory_format:
@@ -49,6 +56,14 @@ class Prediction:
         ood_score: the image gate's out-of-distribution score of the same forward pass (see
             :mod:`medcam.gate`); None when the model has no statistics or the method gives no
             pooled features.
+        lungs: the lung mask ``(rows, cols)`` (bool) on the source pixel grid, or None without
+            a segmenter.
+        lung_evidence: the share of the positive class's positive evidence inside the lungs
+            (:func:`~medcam.models.lungs.lung_evidence`); None without a segmenter, for methods
+            other than ``cam``, or when the map has no positive evidence.
+        evidence_threshold: below it, a flagged image's evidence is said to lie outside the
+            lungs (:attr:`quality`); None when the checkpoint sets none.
+        segmenter_id: the lung segmenter's id, or "".
     """
 
     image: Image
@@ -62,6 +77,15 @@ class Prediction:
     temperature: float = 1.0
     ood_score: float | None = None
     class_bias: tuple[float, ...] | None = None
+    lungs: torch.Tensor | None = None
+    lung_evidence: float | None = None
+    evidence_threshold: float | None = None
+    segmenter_id: str = ""
+
+    @property
+    def quality(self) -> str:
+        """The caution of a flagged image whose evidence lies outside the lungs, else ""."""
+        return evidence_caution(self.flagged, self.lung_evidence, self.evidence_threshold)
 
     @property
     def calibration(self) -> Calibration:
@@ -80,42 +104,81 @@ class Prediction:
         return float(self.probabilities[self.classes.index(name)])
 
 
+def evidence_caution(flagged: bool, evidence: float | None, threshold: float | None) -> str:
+    """``evidence outside the lungs (lung_evidence X < T)`` for a flagged image below ``threshold``."""
+    if not flagged or evidence is None or threshold is None or evidence >= threshold:
+        return ""
+    return f"evidence outside the lungs (lung_evidence {evidence:.2f} < {threshold:.2f})"
+
+
 class Classifier:
-    """A checkpoint served for inference: ``classify(images)`` in batches.
+    """A checkpoint and a lung segmenter served for inference: ``classify(images)`` in batches.
 
     Args:
         checkpoint: a loaded checkpoint, a path, or ``"bundled"``.
-        device: where the network runs.
+        device: where the networks run.
+        segmenter: the lung segmenter (loaded, a path, ``"bundled"``), or None for none.
+        check_gate: refuse a ``lung_evidence`` threshold set with another segmenter; False leaves
+            it unset instead (to set it again).
 
     Attributes:
-        intended_use: what the model was made for (:class:`medcam.gate.IntendedUse`).
-        ood: the out-of-distribution statistics of its training images, or None when the
-            checkpoint has none (then no image is refused for its content).
+        evidence_threshold: the checkpoint's threshold on ``lung_evidence`` (see
+            :attr:`Prediction.quality`), or None.
     """
 
-    def __init__(self, checkpoint: Checkpoint | str = BUNDLED_MODEL, *, device: str = "cpu") -> None:
+    def __init__(self, checkpoint: Checkpoint | str = BUNDLED_MODEL, *, device: str = "cpu",
+                 segmenter: LungSegmenter | str | None = BUNDLED_SEGMENTER, check_gate: bool = True) -> None:
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.device = torch.device(device)
         self.memory_format = serving_memory_format(self.device)
         self.cam: SinglePassCAM = convert_to_cam(self.checkpoint.network).to(  # type: ignore[call-overload]
             self.device, memory_format=self.memory_format)
         self._explainers: dict[str, CAMMethod] = {}
-        from medcam.gate import read_intended_use, read_ood
+        if isinstance(segmenter, str):
+            segmenter = load_segmenter(segmenter)
+        self.segmenter = None if segmenter is None else segmenter.to(self.device, self.memory_format)
+        evidence = self.checkpoint.metadata.get(EVIDENCE_KEY) or {}
+        self.evidence_threshold: float | None = None
+        if self.segmenter is not None and "threshold" in evidence and check_gate:
+            if evidence.get("segmenter") != self.segmenter_id:
+                raise CheckpointError(
+                    f"{self.checkpoint.path}: its lung_evidence threshold was set with the lung segmenter "
+                    f"{evidence.get('segmenter')}, not {self.segmenter_id}; serve that segmenter or set it again "
+                    "(benchmarks/fit_lung_gate.py)")
+            self.evidence_threshold = float(evidence["threshold"])
 
-        self.intended_use = read_intended_use(self.checkpoint)
-        self.ood = read_ood(self.checkpoint)
-        if self.ood is not None:
-            self.ood = self.ood.to(self.device)
+    @property
+    def segmenter_id(self) -> str:
+        return "" if self.segmenter is None else self.segmenter.segmenter_id
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.checkpoint.model.classes
 
     def forward(self, batch: torch.Tensor) -> CAMOutput:
-        """Logits and feature-grid maps for a prepared batch ``(B, 1, size, size)``."""
+        """Logits, feature-grid maps, pooled features and lung probabilities for a prepared batch
+        ``(B, 1, size, size)``."""
+        x = batch.to(self.device, memory_format=self.memory_format)
         with torch.inference_mode():
-            output: CAMOutput = self.cam(batch.to(self.device, memory_format=self.memory_format))
-        return output
+            output: CAMOutput = self.cam(x)
+        return self._with_lungs(output, x)
+
+    def _with_lungs(self, output: CAMOutput, x: torch.Tensor) -> CAMOutput:
+        if self.segmenter is None:
+            return output
+        return output._replace(lungs=self.segmenter(x))
+
+    def lung_evidence(self, output: CAMOutput, method: str = "cam") -> list[float | None]:
+        """Each image's ``lung_evidence`` (:func:`~medcam.models.lungs.lung_evidence`) from a forward
+        result; None for every image without lungs, for methods other than ``cam``, or where the
+        positive class's map has no positive evidence."""
+        n = int(output.logits.shape[0])
+        if output.lungs is None or method != "cam":
+            return [None] * n
+        maps = output.maps[:, self.classes.index(self.checkpoint.model.positive_class)]
+        rows, cols = maps.shape[-2:]
+        shares = lung_evidence(maps, cell_fractions(output.lungs, (int(rows), int(cols)))).cpu().tolist()
+        return [None if share != share else float(share) for share in shares]  # NaN: no evidence
 
     def explain(self, batch: torch.Tensor, method: str = "cam") -> CAMOutput:
         """Logits and maps of every class for ``batch`` by ``method``.
@@ -131,7 +194,7 @@ class Classifier:
         x = batch.to(self.device, memory_format=self.memory_format)
         with torch.inference_mode():
             output: CAMOutput = self._explainers[method](x)
-        return output
+        return self._with_lungs(output, x)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities of logits ``(B, K)``: the checkpoint's calibration map."""
@@ -146,18 +209,25 @@ class Classifier:
             prepared = [prepare(image, self.checkpoint.preprocess) for image in chunk]
             batch = torch.stack([x for x, _ in prepared])
             result = self.explain(batch, method)
-            out += self.predictions(chunk, [t for _, t in prepared], result)
+            out += self.predictions(chunk, [t for _, t in prepared], result, method=method)
         return out
 
     def predictions(self, images: Sequence[Image], transforms: Sequence[GridTransform],
-                    result: CAMOutput) -> list[Prediction]:
-        """Wrap a forward result: probabilities, and each map resampled onto its source."""
+                    result: CAMOutput, *, method: str = "cam",
+                    ood_scores: Sequence[float | None] | None = None) -> list[Prediction]:
+        """Wrap a forward result: probabilities, and each map and lung mask resampled onto its source.
+
+        ``ood_scores`` are the image gate's scores of the same pass (see :mod:`medcam.gate`).
+        """
         probs = self.probabilities(result.logits).cpu()
         logits = result.logits.cpu()
         ckpt = self.checkpoint
-        scores: list[float | None] = [None] * len(images)
-        if self.ood is not None and result.features is not None:
-            scores = self.ood.score(result.features).cpu().tolist()
+        scores = list(ood_scores) if ood_scores is not None else [None] * len(images)
+        evidence = self.lung_evidence(result, method)
+        lungs: list[torch.Tensor | None] = [None] * len(images)
+        if result.lungs is not None:
+            lungs = [maps_to_source(result.lungs[i:i + 1].float(), t)[0, 0].cpu() >= 0.5
+                     for i, t in enumerate(transforms)]
         return [
             Prediction(
                 image=image,
@@ -171,6 +241,10 @@ class Classifier:
                 temperature=ckpt.temperature,
                 ood_score=scores[i],
                 class_bias=ckpt.class_bias,
+                lungs=lungs[i],
+                lung_evidence=evidence[i],
+                evidence_threshold=self.evidence_threshold,
+                segmenter_id=self.segmenter_id,
             )
             for i, (image, transform) in enumerate(zip(images, transforms, strict=True))
         ]
@@ -182,8 +256,6 @@ def _explainer(checkpoint: Checkpoint, method: str) -> CAMMethod:
     The gradient methods look at the layer just before the global pooling (the grid the
     single-pass maps live on); occlusion hides windows of an eighth of the input side.
     """
-    from medcam.models.gradient import GradCAM, GradCAMpp, OcclusionCAM
-
     network = checkpoint.network
     if method == "occlusion":
         return OcclusionCAM(network, mask_size=max(8, checkpoint.preprocess.size // 8), n_batch=16, overlap=0.5)

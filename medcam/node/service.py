@@ -28,7 +28,7 @@ from typing import Any
 
 from medcam.errors import ConfigError
 from medcam.export import parse_formats
-from medcam.models.predictor import Classifier
+from medcam.gate.served import ServedModel
 from medcam.node.scp import ReceiveOptions, start_scp
 from medcam.node.send import Destination, Sender
 from medcam.node.spool import Series, Spool
@@ -81,7 +81,7 @@ class NodeOptions:
 class Node:
     """One DICOM node: :meth:`start`, then :meth:`stop` (or use it as a context manager)."""
 
-    def __init__(self, classifier: Classifier, options: NodeOptions, destination: Destination | None) -> None:
+    def __init__(self, classifier: ServedModel, options: NodeOptions, destination: Destination | None) -> None:
         self.classifier = classifier
         self.options = options
         self.spool = Spool(options.spool)

@@ -15,9 +15,9 @@ module each:
   (:func:`score_ray`): the two engines, which write the same rows.
 
 Example:
-    >>> from medcam.models import Classifier
+    >>> from medcam.gate import ServedModel
     >>> from medcam.scoring import ScoreOptions, score
-    >>> summary = score(["/data/night"], Classifier("bundled"), ScoreOptions(out=Path("night.csv")))  # doctest: +SKIP
+    >>> summary = score(["/data/night"], ServedModel("bundled"), ScoreOptions(out=Path("night.csv")))  # doctest: +SKIP
 """
 
 from medcam.scoring.discover import Item, count_items, iter_items

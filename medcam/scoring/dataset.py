@@ -26,11 +26,12 @@ from torch.utils.data import DataLoader, Dataset
 from medcam.config import PreprocessConfig
 from medcam.errors import UnsupportedInputError
 from medcam.gate import IntendedUse, check_tags
+from medcam.gate.tags import named_view, tag_notes
+from medcam.gate.verdict import IGNORED
 from medcam.io import VOI, Image, detect_format, identity_of, load_image, read_dataset, read_dicom, read_identity
 from medcam.models.grid import GridTransform
 from medcam.models.preprocess import prepare
 from medcam.scoring.discover import Item
-from medcam.scoring.verdict import IGNORED
 
 __all__ = ["IMAGE_SUFFIXES", "Batch", "Record", "ScoringDataset", "collate", "load_record", "make_loader"]
 
@@ -50,6 +51,10 @@ class Record:
         transform: from the decoded pixels to the model grid.
         reduction: source pixels per decoded pixel (see :func:`medcam.io.load_image`'s ``min_size``).
         image: the loaded image, kept only when CAM files are written.
+        header: the DICOM header values of :data:`medcam.scoring.results.HEADER_COLUMNS` (empty
+            for other formats).
+        view_named: the DICOM header names the view (:func:`medcam.gate.tags.named_view`); when
+            False the frontal-view check decides from the image.
     """
 
     path: str
@@ -63,6 +68,8 @@ class Record:
     transform: GridTransform | None = None
     reduction: int = 1
     image: Image | None = None
+    header: tuple[str, ...] = ()
+    view_named: bool = False
 
     @property
     def ok(self) -> bool:
@@ -118,7 +125,7 @@ def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
         refusal = check_tags(dataset, use)
         if refusal and enforce:
             return _refused(item.path, refusal, status="not_analysed", dataset=dataset)
-        note = f"{IGNORED}: {refusal}" if refusal else ""
+        note = "; ".join([*([f"{IGNORED}: {refusal}"] if refusal else []), *tag_notes(dataset, use)])
     min_size = preprocess.size if reduce else None
     try:
         image = (load_image(item.path, voi=voi, min_size=min_size) if dataset is None else
@@ -132,6 +139,8 @@ def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
     return Record(
         path=item.path,
         reason=note,
+        header=header_values(dataset) if dataset is not None else (),
+        view_named=dataset is not None and named_view(dataset) is not None,
         sop_instance_uid=identity.sop_instance_uid if identity else "",
         series_instance_uid=identity.series_instance_uid if identity else "",
         study_instance_uid=identity.study_instance_uid if identity else "",
@@ -140,6 +149,22 @@ def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
         reduction=image.reduction,
         image=image if keep_image else None,
     )
+
+
+def header_values(dataset: pydicom.Dataset) -> tuple[str, ...]:
+    """The values of :data:`~medcam.scoring.results.HEADER_COLUMNS` in ``dataset``, as text."""
+    values = []
+    for keyword in _HEADER_KEYWORDS:
+        try:
+            value = dataset.get(keyword)
+        except Exception:  # a malformed element reads as absent: monitoring must not fail a row
+            value = None
+        values.append("" if value is None else " ".join(str(value).split()))
+    return tuple(values)
+
+
+_HEADER_KEYWORDS = ("StudyDate", "Manufacturer", "ManufacturerModelName", "StationName", "ViewPosition",
+                    "BodyPartExamined", "PhotometricInterpretation", "BitsStored")
 
 
 def _not_an_input(path: str) -> str:
@@ -155,17 +180,19 @@ def _not_an_input(path: str) -> str:
 def _refused(path: str, reason: str, status: str = "error", dataset: pydicom.Dataset | None = None) -> Record:
     """A refused file's record, placed in its study when it has UIDs (from ``dataset`` when the
     file was already read, else from its header)."""
+    header: tuple[str, ...] = ()
     if dataset is not None:
         identity = identity_of(dataset)
+        header = header_values(dataset)
     else:
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             reason = "empty file"
         identity = read_identity(path) if detect_format(path) == "dicom" else None
     if identity is None:
-        return Record(path, status=status, reason=reason)
+        return Record(path, status=status, reason=reason, header=header)
     return Record(path, status=status, reason=reason, sop_instance_uid=identity.sop_instance_uid,
                   series_instance_uid=identity.series_instance_uid,
-                  study_instance_uid=identity.study_instance_uid)
+                  study_instance_uid=identity.study_instance_uid, header=header)
 
 
 class ScoringDataset(Dataset[Record]):

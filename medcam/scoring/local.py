@@ -16,9 +16,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from medcam.gate.served import ServedModel
+from medcam.gate.verdict import Verdict, image_gate
 from medcam.io import load_image
 from medcam.models.cam import CAMOutput
-from medcam.models.predictor import Classifier
+from medcam.models.predictor import evidence_caution
 from medcam.scoring.dataset import Batch, Record, ScoringDataset, make_loader
 from medcam.scoring.discover import count_items, iter_items
 from medcam.scoring.options import ScoreOptions, ScoreSummary, progress_bar
@@ -32,12 +34,11 @@ from medcam.scoring.results import (
     results_columns,
     write_studies,
 )
-from medcam.scoring.verdict import Verdict, image_gate
 
 __all__ = ["score"]
 
 
-def score(inputs: Iterable[str | Path], classifier: Classifier, options: ScoreOptions) -> ScoreSummary:
+def score(inputs: Iterable[str | Path], classifier: ServedModel, options: ScoreOptions) -> ScoreSummary:
     """Score every image in or under ``inputs`` into ``options.out``, resuming it if present.
 
     Files named in ``inputs`` always get a row (an error row when refused); files found
@@ -49,13 +50,14 @@ def score(inputs: Iterable[str | Path], classifier: Classifier, options: ScoreOp
         MedcamError: the results file belongs to another model or run (see
             :meth:`~medcam.scoring.results.ResultsFile.open`).
     """
-    info = ModelInfo.from_checkpoint(classifier.checkpoint)
+    info = ModelInfo.from_checkpoint(classifier.checkpoint, classifier.segmenter_id)
     cam_class = prepare_outputs(options, info)
     inputs = list(inputs)
     counts = {"ok": 0, "error": 0, "not_analysed": 0, "skipped": 0}
     start = time.perf_counter()
     columns = results_columns(info.classes, options.output_columns)
-    with ResultsFile.open(options.out, columns, info.model_id, resume=options.resume) as results:
+    with ResultsFile.open(options.out, columns, info.model_id, resume=options.resume,
+                          segmenter_id=info.segmenter_id) as results:
         skipped_file = SkippedFile(options.out)
         resumed = len(results.done)
         total = count_items(inputs, skip=results.done, outputs=options.outputs)
@@ -109,22 +111,25 @@ def _stop_on_interrupt() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _score_batch(batch: Batch, classifier: Classifier, info: ModelInfo, options: ScoreOptions,
+def _score_batch(batch: Batch, classifier: ServedModel, info: ModelInfo, options: ScoreOptions,
                  cam_class: str) -> list[list[str]]:
-    """The rows of one batch: one forward pass for its readable images, the image gate on the
-    same pass's features, then the files of the images that get them."""
+    """The rows of one batch: one forward pass for its readable images (classifier and lung
+    segmenter), the image gate on the same pass, then the files of the images that get them."""
     ok = [r for r in batch.records if r.ok]
     probabilities: list[list[float]] = []
     verdicts: list[Verdict] = []
+    evidence: list[float | None] = []
     written: list[Written] = [Written() for _ in ok]
     if ok:
         output = classifier.explain(batch.inputs, options.method)
         probabilities = classifier.probabilities(output.logits).float().cpu().tolist()
-        verdicts = image_gate(classifier, output, batch.inputs, enforce=not options.ignore_intended_use)
+        verdicts = image_gate(classifier, output, batch.inputs, enforce=not options.ignore_intended_use,
+                              view_named=[r.view_named for r in ok])
+        evidence = classifier.lung_evidence(output, options.method)
         if options.needs_maps:
             written = [_write(classifier, output, i, record, info, options, cam_class, probabilities[i])
                        if not verdicts[i].refusal else Written() for i, record in enumerate(ok)]
-    results = iter(zip(probabilities, verdicts, written, strict=True))
+    results = iter(zip(probabilities, verdicts, evidence, written, strict=True))
     rows = []
     for record in batch.records:
         if record.skipped:
@@ -132,14 +137,16 @@ def _score_batch(batch: Batch, classifier: Classifier, info: ModelInfo, options:
         if not record.ok:
             rows.append(_refusal_row(record, record.status, record.reason, None, info, options))
             continue
-        probs, verdict, files = next(results)
+        probs, verdict, share, files = next(results)
         if verdict.refusal:
             rows.append(_refusal_row(record, "not_analysed", verdict.refusal, verdict.score, info, options))
             continue
         note = "; ".join(filter(None, [record.reason, verdict.note]))
         status = "error" if files.error else "ok"
+        quality = evidence_caution(label_of(info, probs)[1], share, classifier.evidence_threshold)
         rows.append(make_row(info, record.path, status, files.error or note, record.uids,
-                             None if files.error else probs, files.columns, options.output_columns, verdict.score))
+                             None if files.error else probs, files.columns, options.output_columns, verdict.score,
+                             lung_evidence=share, quality=quality, header=record.header))
     return rows
 
 
@@ -149,10 +156,10 @@ def _refusal_row(record: Record, status: str, reason: str, score: float | None, 
     report = write_refusal(record.path, reason, options, info) if status == "not_analysed" else Written()
     reason = "; ".join(filter(None, [reason, report.error]))
     return make_row(info, record.path, status, reason, record.uids, None, report.columns, options.output_columns,
-                    score)
+                    score, header=record.header)
 
 
-def _write(classifier: Classifier, output: CAMOutput, index: int, record: Record, info: ModelInfo,
+def _write(classifier: ServedModel, output: CAMOutput, index: int, record: Record, info: ModelInfo,
            options: ScoreOptions, cam_class: str, probabilities: list[float]) -> Written:
     """The files of one image of the batch, if it gets any; read in full here if it was decoded reduced."""
     if options.cams is None and not options.formats_for(label_of(info, probabilities)[1]):
@@ -165,6 +172,8 @@ def _write(classifier: Classifier, output: CAMOutput, index: int, record: Record
         except Exception as err:  # the file changed or went since it was scored: this image's row says so
             return Written(error=f"could not be read again in full to write its files ({err})")
         transform = transform.from_full_resolution(image.shape, record.reduction)
-    prediction = classifier.predictions([image], [transform], CAMOutput(output.logits[index:index + 1],
-                                                                        output.maps[index:index + 1]))[0]
+    one = CAMOutput(output.logits[index:index + 1], output.maps[index:index + 1],
+                    None if output.features is None else output.features[index:index + 1],
+                    None if output.lungs is None else output.lungs[index:index + 1])
+    prediction = classifier.predictions([image], [transform], one, method=options.method)[0]
     return write_outputs(prediction, record.path, options, cam_class)

@@ -113,7 +113,7 @@ class ScoreOptions:
     @property
     def output_columns(self) -> tuple[str, ...]:
         """The results file's columns for the files written beside each row."""
-        cams = ("overlay", "cam", "cam_nifti") if self.cams is not None else ()
+        cams = ("overlay", "cam", "cam_nifti", "lungs") if self.cams is not None else ()
         regions = ("regions", "exports", "not_exported") if self.regions is not None else ()
         return (*cams, *regions)
 

@@ -19,8 +19,10 @@ import pydicom
 from medcam.errors import MedcamError
 from medcam.export import export_regions, write_cams
 from medcam.export.equipment import ModelInfo as SRModelInfo
+from medcam.export.lungs import write_lungs_png
 from medcam.export.sr import write_not_analysed_sr
 from medcam.io import detect_format
+from medcam.io.provenance import own_dicom
 from medcam.models.predictor import Prediction
 from medcam.regions import find_regions, resolve_class
 from medcam.scoring.options import ScoreOptions, output_name
@@ -64,6 +66,8 @@ def write_outputs(prediction: Prediction, path: str, options: ScoreOptions, cam_
             files = write_cams(prediction, options.cams, name, cam_class=cam_class, colour_map=options.colour_map,
                                opacity=options.opacity, nifti=options.cam_nifti)
             columns.update(files)
+            if prediction.lungs is not None:
+                columns["lungs"] = str(write_lungs_png(prediction, options.cams, name))
         except Exception as err:  # any failure to write is this image's, reported in its row
             problems.append(f"CAM files: {_describe(err)}")
     formats = options.formats_for(prediction.flagged)
@@ -95,11 +99,14 @@ def _describe(err: Exception) -> str:
 def write_refusal(path: str, reason: str, options: ScoreOptions, info: ModelInfo) -> Written:
     """For an image the intended-use gate refused: its "not analysed" structured report, when the
     run exports regions as ``sr`` and the image is DICOM, so that the PACS shows the AI looked
-    and declined. Nothing else is written for it."""
+    and declined. Nothing else is written for it, and nothing at all for medcam's own results (a
+    report about a report)."""
     if options.regions is None or "sr" not in options.region_formats or detect_format(path) != "dicom":
         return Written()
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
+        if own_dicom(header):
+            return Written()
         model = SRModelInfo(info.model_id, info.threshold, info.temperature, info.positive_class, info.class_bias)
         report = write_not_analysed_sr(header, reason, model, options.regions, name=output_name(path))
     except Exception as err:  # the refusal stands; the report's failure is added to the row's reason

@@ -40,10 +40,13 @@ import torch
 from medcam.config import PreprocessConfig
 from medcam.errors import ConfigError, MedcamError, UnsupportedInputError
 from medcam.gate import IntendedUse, read_intended_use
+from medcam.gate.served import ServedModel
+from medcam.gate.verdict import image_gate
 from medcam.io import VOI, load_image
 from medcam.models.checkpoint import Checkpoint, load_checkpoint
 from medcam.models.grid import maps_to_source
-from medcam.models.predictor import Classifier, Prediction
+from medcam.models.lungs import BUNDLED_SEGMENTER, load_segmenter
+from medcam.models.predictor import Prediction, evidence_caution
 from medcam.models.preprocess import prepare
 from medcam.runtime import retain_freed_memory
 from medcam.scoring.dataset import load_record
@@ -51,14 +54,22 @@ from medcam.scoring.discover import Item, count_items, iter_items
 from medcam.scoring.options import ScoreOptions, ScoreSummary, progress_bar
 from medcam.scoring.outputs import prepare_outputs, write_outputs
 from medcam.scoring.ray_cluster import check_resources, requested_resources
-from medcam.scoring.results import ModelInfo, ResultsFile, SkippedFile, make_row, results_columns, write_studies
-from medcam.scoring.verdict import image_gate
+from medcam.scoring.results import (
+    HEADER_COLUMNS,
+    ModelInfo,
+    ResultsFile,
+    SkippedFile,
+    make_row,
+    results_columns,
+    write_studies,
+)
 
 __all__ = ["INSTALL_HINT", "import_ray", "score_ray"]
 
 INSTALL_HINT = 'the Ray engine needs Ray Data; install it with: pip install "medcam-screening[distributed]"'
 _DECODE_CPUS = 1.0
 _TEXT = ("path", "status", "reason", "sop_instance_uid", "series_instance_uid", "study_instance_uid")
+_HEADER = tuple(f"header_{name}" for name in HEADER_COLUMNS)
 
 
 def import_ray() -> ModuleType:
@@ -77,7 +88,8 @@ def import_ray() -> ModuleType:
 
 def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: ScoreOptions, *,
               device: str = "cpu", address: str | None = None, num_cpus: int | None = None,
-              actors: int = 1, actor_cpus: float | None = None, chunk_size: int = 100_000) -> ScoreSummary:
+              actors: int = 1, actor_cpus: float | None = None, chunk_size: int = 100_000,
+              segmenter: str | None = BUNDLED_SEGMENTER) -> ScoreSummary:
     """Score like :func:`medcam.scoring.score`, with the decoding and the model on Ray.
 
     Args:
@@ -92,6 +104,8 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
             ``num_cpus > actors * actor_cpus``. On CPU, 1 would let Ray fuse the decoding
             into the actors, which then decode serially; it is refused.
         chunk_size: inputs per Ray dataset; the driver holds one chunk of paths at a time.
+        segmenter: the lung segmenter (a path or ``"bundled"``; its file is sent to the actors),
+            or None for none.
 
     Raises:
         ConfigError: a bad device, count or CAM class, or a cluster too small for ``actors``
@@ -110,7 +124,8 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
         raise ConfigError(f"actor_cpus must differ from {_DECODE_CPUS} on CPU (Ray would decode inside the "
                           "model actors, one image at a time); use 2 or more")
     ray = import_ray()
-    info = ModelInfo.from_checkpoint(checkpoint)
+    lungs = None if segmenter is None else load_segmenter(segmenter)
+    info = ModelInfo.from_checkpoint(checkpoint, "" if lungs is None else lungs.segmenter_id)
     cam_class = prepare_outputs(options, info)
     inputs = list(inputs)
     started = not ray.is_initialized()
@@ -129,9 +144,11 @@ def score_ray(inputs: Iterable[str | Path], checkpoint: Checkpoint, options: Sco
                  f"the Ray cluster at {target}" if target else "the Ray instance on this machine")
         check_resources(requested_resources(actors, actor_cpus, device, writes=options.needs_maps,
                                             task_cpus=_DECODE_CPUS), ray.cluster_resources(), where=where, local=local)
-        blob = [ray.put(Path(checkpoint.path).read_bytes())]  # in a list: the actor fetches it itself
+        blob = [ray.put(Path(checkpoint.path).read_bytes()),  # in a list: the actor fetches them itself
+                None if lungs is None else ray.put(Path(lungs.path).read_bytes())]
         columns = results_columns(info.classes, options.output_columns)
-        with ResultsFile.open(options.out, columns, info.model_id, resume=options.resume) as results:
+        with ResultsFile.open(options.out, columns, info.model_id, resume=options.resume,
+                              segmenter_id=info.segmenter_id) as results:
             skipped_file = SkippedFile(options.out)
             resumed = len(results.done)
             total = count_items(inputs, skip=results.done, outputs=options.outputs)
@@ -193,14 +210,16 @@ def _decode(batch: dict[str, np.ndarray], preprocess: dict[str, Any], voi: VOI, 
         if record.tensor is not None:
             x[i] = record.tensor.numpy()
     columns = {name: np.array([getattr(r, name) for r in records], dtype=object) for name in (*_TEXT, "skipped")}
-    return {**columns, "x": x}
+    header = {f"header_{name}": np.array([r.header[k] if r.header else "" for r in records], dtype=object)
+              for k, name in enumerate(HEADER_COLUMNS)}
+    return {**columns, **header, "view_named": np.array([r.view_named for r in records], dtype=bool), "x": x}
 
 
 class _Scorer:
     """Ray actor: holds the model; logits become calibrated probabilities (NaN on error rows).
 
-    With ``maps``, the logits and the feature-grid maps ``(K, h, w)`` go on to :func:`_write`
-    (a warm-up pass gives their shape).
+    With ``maps``, the logits, the feature-grid maps ``(K, h, w)`` and the lung probabilities on
+    the model grid go on to :func:`_write` (a warm-up pass gives their shapes).
     """
 
     def __init__(self, checkpoint: list[Any], device: str, maps: bool = False, enforce: bool = True) -> None:
@@ -208,12 +227,17 @@ class _Scorer:
 
         retain_freed_memory()
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "model.pt"
+            path, lungs = Path(folder) / "model.pt", Path(folder) / "lungs.pt"
             path.write_bytes(ray.get(checkpoint[0]))
-            self.classifier = Classifier(load_checkpoint(path), device=device)
+            if checkpoint[1] is not None:
+                lungs.write_bytes(ray.get(checkpoint[1]))
+            self.classifier = ServedModel(load_checkpoint(path), device=device,
+                                          segmenter=load_segmenter(lungs) if checkpoint[1] is not None else None)
         self.enforce = enforce
         size = self.classifier.checkpoint.preprocess.size
-        self.map_shape = tuple(self.classifier.forward(torch.zeros(1, 1, size, size)).maps.shape[1:]) if maps else ()
+        probe = self.classifier.forward(torch.zeros(1, 1, size, size))
+        self.map_shape = tuple(probe.maps.shape[1:]) if maps else ()
+        self.lung_shape = tuple(probe.lungs.shape[1:]) if maps and probe.lungs is not None else ()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Every batch has the same columns, even one of errors only: Ray cannot combine blocks that differ
@@ -222,7 +246,10 @@ class _Scorer:
         probabilities = np.full((len(ok), len(self.classifier.classes)), np.nan, dtype=np.float64)
         logits = np.full(probabilities.shape, np.nan, dtype=np.float32)
         maps = np.full((len(ok), *self.map_shape), np.nan, dtype=np.float32)
+        lungs = np.full((len(ok), *self.lung_shape), np.nan, dtype=np.float32)
         scores = np.full(len(ok), np.nan, dtype=np.float64)
+        evidence = np.full(len(ok), np.nan, dtype=np.float64)
+        quality = np.array([""] * len(ok), dtype=object)
         status, reason = batch["status"].copy(), batch["reason"].copy()
         if ok.any():
             x = torch.from_numpy(np.ascontiguousarray(batch["x"][ok]))
@@ -231,17 +258,27 @@ class _Scorer:
             if self.map_shape:
                 logits[ok] = output.logits.float().cpu().numpy()
                 maps[ok] = output.maps.float().cpu().numpy()
-            for i, verdict in zip(np.flatnonzero(ok), image_gate(self.classifier, output, x, enforce=self.enforce),
-                                  strict=True):
+            if self.lung_shape and output.lungs is not None:
+                lungs[ok] = output.lungs.float().cpu().numpy()
+            positive = self.classifier.classes.index(self.classifier.checkpoint.model.positive_class)
+            for i, share in zip(np.flatnonzero(ok), self.classifier.lung_evidence(output), strict=True):
+                evidence[i] = np.nan if share is None else share
+                quality[i] = evidence_caution(bool(probabilities[i, positive] >= self.classifier.checkpoint.threshold),
+                                              share, self.classifier.evidence_threshold)
+            verdicts = image_gate(self.classifier, output, x, enforce=self.enforce,
+                                  view_named=[bool(v) for v in batch["view_named"][ok]])
+            for i, verdict in zip(np.flatnonzero(ok), verdicts, strict=True):
                 scores[i] = np.nan if verdict.score is None else verdict.score
                 if verdict.refusal:
                     status[i], reason[i] = "not_analysed", verdict.refusal
                     probabilities[i] = np.nan
                 elif verdict.note:
                     reason[i] = "; ".join(filter(None, [str(reason[i]), verdict.note]))
-        out = {name: batch[name] for name in (*_TEXT, "skipped")} | {"probabilities": probabilities, "ood": scores,
-                                                                      "status": status, "reason": reason}
-        return out | ({"logits": logits, "maps": maps} if self.map_shape else {})
+        out = {name: batch[name] for name in (*_TEXT, "skipped", *_HEADER)} | {
+            "probabilities": probabilities, "ood": scores, "evidence": evidence, "quality": quality,
+            "status": status, "reason": reason, "threshold": np.full(len(ok), self.classifier.evidence_threshold
+                                                                      or np.nan, dtype=np.float64)}
+        return out | ({"logits": logits, "maps": maps, "lungs": lungs} if self.map_shape else {})
 
 
 def _write(batch: dict[str, np.ndarray], preprocess: dict[str, Any], options: ScoreOptions, info: ModelInfo,
@@ -279,13 +316,18 @@ def _write(batch: dict[str, np.ndarray], preprocess: dict[str, Any], options: Sc
             model_id=info.model_id,
             temperature=info.temperature,
             class_bias=info.class_bias,
+            lungs=(maps_to_source(torch.from_numpy(batch["lungs"][i:i + 1]), transform)[0, 0] >= 0.5
+                   if batch["lungs"].ndim == 4 and not np.isnan(batch["lungs"][i]).any() else None),
+            lung_evidence=None if np.isnan(batch["evidence"][i]) else float(batch["evidence"][i]),
+            evidence_threshold=None if np.isnan(batch["threshold"][i]) else float(batch["threshold"][i]),
+            segmenter_id=info.segmenter_id,
         )
         written = write_outputs(prediction, path, options, cam_class)
         files[i] = written.columns
         if written.error:
             statuses[i], reasons[i] = "error", written.error
     columns = {kind: np.array([f.get(kind, "") for f in files], dtype=object) for kind in options.output_columns}
-    kept = {name: batch[name] for name in (*_TEXT, "skipped", "probabilities", "ood")}
+    kept = {name: batch[name] for name in (*_TEXT, "skipped", *_HEADER, "probabilities", "ood", "evidence", "quality")}
     return kept | {"status": np.array(statuses, dtype=object), "reason": np.array(reasons, dtype=object)} | columns
 
 
@@ -298,9 +340,11 @@ def _rows(batch: dict[str, np.ndarray], info: ModelInfo, output_columns: tuple[s
         uids = [str(batch[name][i]) for name in _TEXT[3:]]
         probabilities = batch["probabilities"][i].tolist() if status == "ok" else None
         outputs = {kind: str(batch[kind][i]) for kind in output_columns if kind in batch}
-        score = float(batch["ood"][i])
+        score, share = float(batch["ood"][i]), float(batch["evidence"][i])
         rows.append(make_row(info, str(path), status, str(batch["reason"][i]), uids, probabilities, outputs,
-                             output_columns, None if np.isnan(score) else score))
+                             output_columns, None if np.isnan(score) else score,
+                             lung_evidence=None if np.isnan(share) else share, quality=str(batch["quality"][i]),
+                             header=[str(batch[name][i]) for name in _HEADER]))
     return rows
 
 

@@ -1,7 +1,9 @@
 """The results file: one CSV row per input, appended durably, resumable after any crash.
 
 Columns: ``path, status, reason, sop_instance_uid, series_instance_uid, study_instance_uid,
-prob_<class>..., label, flagged, model``, then the columns of the files the run writes (see
+prob_<class>..., label, flagged, ood_score, lung_evidence, quality, model, segmenter``, then
+:data:`ACQUISITION_COLUMNS` (when the row was written and, from DICOM headers, what a monitor
+groups by), then the columns of the files the run writes (see
 :attr:`medcam.scoring.ScoreOptions.output_columns`). ``path`` is absolute; ``status`` is
 ``ok`` (analysed), ``not_analysed`` (refused: outside the model's intended use) or ``error``
 (the file or its outputs failed), and ``reason`` says why for the last two; ``flagged`` is
@@ -29,6 +31,7 @@ import io
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -42,10 +45,15 @@ try:
 except ImportError:  # Windows: no advisory lock, the rest works
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["STATUSES", "ModelInfo", "ResultsFile", "SkippedFile", "label_of", "make_row", "read_results",
-           "results_columns", "skipped_path", "studies_path", "write_studies"]
+__all__ = ["ACQUISITION_COLUMNS", "HEADER_COLUMNS", "STATUSES", "ModelInfo", "ResultsFile", "SkippedFile", "label_of",
+           "make_row", "read_results", "results_columns", "skipped_path", "studies_path", "write_studies"]
 
 ID_COLUMNS = ("path", "status", "reason", "sop_instance_uid", "series_instance_uid", "study_instance_uid")
+# What monitoring a deployed model needs, never patient identity: the UTC time the row was
+# written, then DICOM header values (empty for other formats), in this order.
+HEADER_COLUMNS = ("study_date", "manufacturer", "manufacturer_model", "station_name", "view_position", "body_part",
+                  "photometric", "bits_stored")
+ACQUISITION_COLUMNS = ("scored_at", *HEADER_COLUMNS)
 STATUSES = ("ok", "not_analysed", "error")
 _ERRORS = "surrogateescape"  # with UTF-8: any path the OS gives round-trips
 
@@ -76,16 +84,18 @@ class ModelInfo:
     threshold: float
     temperature: float = 1.0
     class_bias: tuple[float, ...] | None = None
+    segmenter_id: str = ""
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint) -> ModelInfo:
+    def from_checkpoint(cls, checkpoint: Checkpoint, segmenter_id: str = "") -> ModelInfo:
         return cls(checkpoint.model_id, checkpoint.model.classes, checkpoint.model.positive_class,
-                   checkpoint.threshold, checkpoint.temperature, checkpoint.class_bias)
+                   checkpoint.threshold, checkpoint.temperature, checkpoint.class_bias, segmenter_id)
 
 
 def results_columns(classes: Sequence[str], outputs: Sequence[str] = ()) -> list[str]:
     """The header of a results file for a model with ``classes`` and the output columns ``outputs``."""
-    return [*ID_COLUMNS, *(f"prob_{c}" for c in classes), "label", "flagged", "ood_score", "model", *outputs]
+    return [*ID_COLUMNS, *(f"prob_{c}" for c in classes), "label", "flagged", "ood_score", "lung_evidence",
+            "quality", "model", "segmenter", *ACQUISITION_COLUMNS, *outputs]
 
 
 def label_of(model: ModelInfo, probabilities: Sequence[float]) -> tuple[str, bool]:
@@ -105,13 +115,17 @@ def label_of(model: ModelInfo, probabilities: Sequence[float]) -> tuple[str, boo
 
 def make_row(model: ModelInfo, path: str, status: str, reason: str, uids: Sequence[str],
              probabilities: Sequence[float] | None, outputs: Mapping[str, str] | None = None,
-             columns: Sequence[str] = (), ood_score: float | None = None) -> list[str]:
+             columns: Sequence[str] = (), ood_score: float | None = None, *,
+             lung_evidence: float | None = None, quality: str = "", header: Sequence[str] = (),
+             scored_at: str | None = None) -> list[str]:
     """One row; ``probabilities`` (in class order) only for an ``ok`` row.
 
     ``reason`` says why for the other statuses; on an ``ok`` row it is empty or a note (an
     image analysed outside the intended use). ``ood_score`` is the out-of-distribution
-    score of the image when the model has the statistics. ``outputs`` fills the output
-    ``columns`` (file paths, counts), empty where absent.
+    score of the image when the model has the statistics; ``lung_evidence`` and ``quality``
+    (see :attr:`medcam.models.Prediction.quality`) are kept on ``ok`` rows only. ``header`` holds
+    the values of :data:`HEADER_COLUMNS` (empty for non-DICOM inputs); ``scored_at`` defaults to
+    now, in UTC. ``outputs`` fills the output ``columns`` (file paths, counts), empty where absent.
     """
     if status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
@@ -123,7 +137,12 @@ def make_row(model: ModelInfo, path: str, status: str, reason: str, uids: Sequen
         label, flagged = label_of(model, probabilities)
         values = ["ok", reason, *uids, *(f"{p:.6f}" for p in probabilities), label, "true" if flagged else "false"]
     score = "" if ood_score is None else f"{ood_score:.3f}"
-    return [path, *values, score, model.model_id, *((outputs or {}).get(c, "") for c in columns)]
+    analysed = values[0] == "ok"
+    evidence = f"{lung_evidence:.4f}" if analysed and lung_evidence is not None else ""
+    header = [*header, *[""] * (len(HEADER_COLUMNS) - len(header))]
+    when = scored_at or datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return [path, *values, score, evidence, quality if analysed else "", model.model_id, model.segmenter_id, when,
+            *header, *((outputs or {}).get(c, "") for c in columns)]
 
 
 class ResultsFile:
@@ -140,7 +159,8 @@ class ResultsFile:
         self._handle = handle
 
     @classmethod
-    def open(cls, path: str | Path, columns: list[str], model_id: str, *, resume: bool = True) -> ResultsFile:
+    def open(cls, path: str | Path, columns: list[str], model_id: str, *, resume: bool = True,
+             segmenter_id: str = "") -> ResultsFile:
         """Open ``path`` for appending, creating it with ``columns`` as header if needed.
 
         An existing file is checked (same columns, same model), a torn last row is cut
@@ -149,7 +169,7 @@ class ResultsFile:
 
         Raises:
             MedcamError: the file is locked by another run, has other columns, was scored
-                by another model, or a row before the last is damaged.
+                by another model or lung segmenter, or a row before the last is damaged.
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +178,7 @@ class ResultsFile:
             _lock(handle, path)
             if not resume:
                 handle.truncate(0)
-            done = _recover(handle, path, columns, model_id)
+            done = _recover(handle, path, columns, model_id, segmenter_id)
         except BaseException:
             _LOCKED.discard(handle.fileno())
             handle.close()
@@ -279,10 +299,11 @@ def _lock(handle: IO[str], path: Path) -> None:
     _LOCKED.add(handle.fileno())
 
 
-def _recover(handle: IO[str], path: Path, columns: list[str], model_id: str) -> set[str]:
+def _recover(handle: IO[str], path: Path, columns: list[str], model_id: str, segmenter_id: str) -> set[str]:
     """Check the existing rows, cut a torn last row, write the header of a new file."""
     handle.seek(0)
     model = columns.index("model")
+    segmenter = columns.index("segmenter")
     done: set[str] = set()
     good = 0
     header: list[str] | None = None
@@ -293,6 +314,11 @@ def _recover(handle: IO[str], path: Path, columns: list[str], model_id: str) -> 
                 raise MedcamError(
                     f"{path} was written by an older medcam (an 'error' column where rows now have "
                     "'reason' and the status not_analysed); score into a new --out, or rename the old file"
+                )
+            if "model" in header and "segmenter" not in header:
+                raise MedcamError(
+                    f"{path} was written by an older medcam (no lung_evidence, quality, segmenter and "
+                    "acquisition columns); score into a new --out, or rename the old file"
                 )
             if header != columns:
                 raise MedcamError(
@@ -308,6 +334,11 @@ def _recover(handle: IO[str], path: Path, columns: list[str], model_id: str) -> 
                 raise MedcamError(
                     f"{path}, row {number} was scored by model {fields[model]}, "
                     f"this run uses {model_id}; use the same --model or another --out"
+                )
+            if fields[segmenter] != segmenter_id:
+                raise MedcamError(
+                    f"{path}, row {number} was scored with the lung segmenter {fields[segmenter] or '(none)'}, "
+                    f"this run uses {segmenter_id or '(none)'}; use the same --segmenter or another --out"
                 )
             done.add(fields[0])
         good = end

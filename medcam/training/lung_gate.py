@@ -1,0 +1,181 @@
+"""``medcam fit-lung-gate``: the frontal-view check's limits and the ``lung_evidence`` threshold.
+
+Both are set on frontal validation films only and stored in the classifier's checkpoint with
+the id of the lung segmenter they were set with (:class:`medcam.gate.ServedModel` refuses to
+serve them with another):
+
+- **frontal-view check** (:mod:`medcam.gate.view`): per frontal population, the mean and the
+  Ledoit-Wolf covariance of the view measures of its validation films, and a limit, the
+  ``quantile`` (0.995) of their own Mahalanobis distances. No lateral film is used: the lateral
+  films of ``../shared/data/views`` only measure, afterwards, how many are refused
+  (``benchmarks/bench_view.py``).
+- **``lung_evidence`` threshold** ``T``: the ``quantile`` (default 0.05) of the
+  ``lung_evidence`` of the flagged pneumonia films of the validation splits, each population
+  weighing the same: a flagged film whose evidence lies less inside the lungs than that of 95%
+  of correctly flagged films gets the caution "evidence outside the lungs".
+
+The frontal populations and their patient-disjoint splits (:func:`frontal_splits`): the
+classifier's own pediatric and adult splits (from its training config), the RSNA challenge
+films (split 70/15/15 by patient here, stratified by finding) and the lung-mask films (the
+segmenter's split).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+
+from medcam.config import load_config
+from medcam.data import Sample, read_samples, split_by_patient, write_samples
+from medcam.errors import ConfigError, MedcamError
+from medcam.gate.metadata import update_checkpoint
+from medcam.gate.served import ServedModel
+from medcam.gate.view import METADATA_KEY as VIEW_KEY
+from medcam.gate.view import FrontalPopulation, ViewCheck, view_measures
+from medcam.io import load_image
+from medcam.models.predictor import EVIDENCE_KEY
+from medcam.models.preprocess import prepare
+from medcam.train import read_populations, split_populations
+from medcam.training.lungs import load_lungs_config, read_lung_samples, split_lung_samples
+
+__all__ = ["Measured", "evidence_threshold", "fit_lung_gate", "fit_view_check", "frontal_splits", "measure"]
+
+_CLASSES = ("NORMAL", "PNEUMONIA")
+
+
+def frontal_splits(classifier_config: str | Path, lungs_config: str | Path, rsna: str | Path, out: str | Path,
+                   *, seed: int = 0) -> tuple[Path, Path]:
+    """Write ``out/val.csv`` and ``out/test.csv``: the frontal populations' validation and test films.
+
+    Columns as :func:`medcam.data.write_samples` (with ``population``); the RSNA films keep a
+    ``finding`` (PNEUMONIA, NORMAL or OTHER) in ``label_name`` only as NORMAL/PNEUMONIA, since
+    OTHER films are not pneumonia.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = load_config(classifier_config)
+    _, val, test = split_populations(read_populations(config), config)
+    rsna_samples = _read_rsna(Path(rsna))
+    _, rsna_val, rsna_test = split_by_patient(rsna_samples, [0.7, 0.15, 0.15], seed)
+    lungs = load_lungs_config(lungs_config)
+    _, lung_val, lung_test = split_lung_samples(read_lung_samples(lungs.data), lungs.seed)
+
+    def as_samples(part: Sequence[Any]) -> list[Sample]:
+        return [Sample(s.image, 0, s.patient_id, "lungs", "PA") for s in part]
+
+    paths = out / "val.csv", out / "test.csv"
+    write_samples(paths[0], [*val, *rsna_val, *as_samples(lung_val)], _CLASSES)
+    write_samples(paths[1], [*test, *rsna_test, *as_samples(lung_test)], _CLASSES)
+    return paths
+
+
+def _read_rsna(source: Path) -> list[Sample]:
+    """RSNA challenge films as samples: PNEUMONIA (lung opacity) 1, NORMAL and OTHER 0."""
+    if not source.is_file():
+        raise ConfigError(f"{source}: no such RSNA labels file")
+    with open(source, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [Sample(str((source.parent / r["file"]).resolve()), int(r["label"] == "PNEUMONIA"), r["patient_id"],
+                   "rsna", r.get("view", "").upper()) for r in rows]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the served model says of one film: lung-field measures, evidence, probability, flag."""
+
+    sample: Sample
+    measures: np.ndarray
+    lung_evidence: float | None
+    probability: float
+    flagged: bool
+    ood_score: float | None
+
+
+def measure(model: ServedModel, samples: Sequence[Sample], *, batch_size: int = 16,
+            log: Callable[[str], None] = print) -> list[Measured]:
+    """Run ``model`` (classifier and lung segmenter, one pass) over ``samples``; unreadable files are logged."""
+    out: list[Measured] = []
+    positive = model.classes.index(model.checkpoint.model.positive_class)
+    for start in range(0, len(samples), batch_size):
+        chunk, inputs = [], []
+        for sample in samples[start:start + batch_size]:
+            try:
+                inputs.append(prepare(load_image(sample.path), model.checkpoint.preprocess)[0])
+                chunk.append(sample)
+            except MedcamError as err:
+                log(f"{sample.path}: left out ({err})")
+        if not chunk:
+            continue
+        output = model.forward(torch.stack(inputs))  # classifier and segmenter, one call
+        if output.lungs is None:
+            raise ConfigError("fitting the lung gate needs a lung segmenter")
+        probs = model.probabilities(output.logits)[:, positive].cpu().tolist()
+        batch = torch.stack(inputs)
+        for sample, values, share, p, score in zip(chunk, view_measures(output.lungs, batch),
+                                                   model.lung_evidence(output), probs, model.ood_scores(output),
+                                                   strict=True):
+            out.append(Measured(sample, values, share, float(p), p >= model.checkpoint.threshold, score))
+    return out
+
+
+def fit_view_check(measured: Sequence[Measured], segmenter_id: str, *, quantile: float = 0.995) -> ViewCheck:
+    """Per frontal population: the mean and Ledoit-Wolf covariance of the view measures, and the
+    ``quantile`` of its own films' distances as its limit."""
+    populations = []
+    for name in sorted({m.sample.population for m in measured}):
+        values = np.stack([m.measures for m in measured if m.sample.population == name])
+        fit = LedoitWolf().fit(values)
+        population = FrontalPopulation(name, fit.location_, fit.precision_, 1.0, len(values))
+        limit = float(np.quantile(population.distance(values), quantile))
+        populations.append(replace(population, limit=limit))
+    counts = ", ".join(f"{p.name} {p.n}" for p in populations)
+    fitted = (f"the validation films of {counts}; each population's limit is the {quantile:g} quantile of its own "
+              "films' distances")
+    return ViewCheck(tuple(populations), segmenter_id, fitted)
+
+
+def evidence_threshold(measured: Sequence[Measured], *, quantile: float = 0.05) -> float:
+    """The ``quantile`` of ``lung_evidence`` over flagged pneumonia films, populations weighing the same."""
+    values: list[float] = []
+    weights: list[float] = []
+    positives = [m for m in measured if m.flagged and m.sample.label == 1 and m.lung_evidence is not None]
+    populations = {m.sample.population for m in positives}
+    if not positives:
+        raise ConfigError("no flagged pneumonia film in the validation data: the lung_evidence threshold needs some")
+    for population in populations:
+        part = [m.lung_evidence for m in positives if m.sample.population == population and m.lung_evidence is not None]
+        values += part
+        weights += [1 / len(part)] * len(part)
+    order = np.argsort(values)
+    cumulative = np.cumsum(np.array(weights)[order]) / len(populations)
+    return float(np.array(values)[order][np.searchsorted(cumulative, quantile)])
+
+
+def fit_lung_gate(model: ServedModel, val: str | Path, out: str | Path, *, view_quantile: float = 0.995,
+                  quantile: float = 0.05, log: Callable[[str], None] = print) -> str:
+    """Fit both on the validation films of ``val`` and write the checkpoint to ``out``; returns its model id."""
+    if model.segmenter is None:
+        raise ConfigError("fitting the lung gate needs a lung segmenter")
+    samples = read_samples(val, _CLASSES)
+    measured = measure(model, samples, log=log)
+    check = fit_view_check(measured, model.segmenter_id, quantile=view_quantile)
+    threshold = evidence_threshold(measured, quantile=quantile)
+    for population in check.populations:
+        log(f"frontal-view check: {population.name} ({population.n} films), limit {population.limit:.2f}")
+    log(f"lung_evidence threshold {threshold:.3f} ({quantile:g} quantile of flagged pneumonia films)")
+    with_pneumonia = sorted({m.sample.population for m in measured if m.sample.label == 1})
+    rule = (f"the {quantile:g} quantile of lung_evidence over the flagged pneumonia films of the validation splits "
+            f"({', '.join(with_pneumonia)}), populations weighing the same")
+    return update_checkpoint(model.checkpoint.path,
+                             {VIEW_KEY: check.to_metadata(),
+                              EVIDENCE_KEY: {"threshold": threshold, "rule": rule, "segmenter": model.segmenter_id}},
+                             out=out)
+
+
