@@ -18,8 +18,10 @@ import torch
 
 from medcam.errors import MedcamError
 from medcam.export import COLOUR_MAPS
+from medcam.export.contours import mask_polygons
+from medcam.gate.served import ServedModel
 from medcam.models.grid import normalise_maps
-from medcam.models.predictor import Classifier, Prediction
+from medcam.models.predictor import Prediction
 from medcam.regions import RegionOptions, RegionSet, find_regions
 from medcam.review import STATUSES, ImageRef, Review, ReviewConfig, ReviewStore, WorkItem, Worklist
 from medcam.review.display import PRESETS, View, encode_png, preset_window, region_rows, render
@@ -34,10 +36,11 @@ RULES = {"fraction of the map's maximum": "fraction", "calibrated probability": 
 
 
 @st.cache_resource(show_spinner="Loading the model ...")
-def get_classifier(model: str) -> Classifier:
-    """The model, loaded once per server process (whose allocator then keeps freed memory)."""
+def get_classifier(model: str, segmenter: str | None) -> ServedModel:
+    """The model and its lung segmenter (None: none), loaded once per server process (whose
+    allocator then keeps freed memory)."""
     retain_freed_memory()
-    classifier = Classifier(model)
+    classifier = ServedModel(model, segmenter=segmenter)
     size = classifier.checkpoint.preprocess.size
     classifier.forward(torch.zeros(1, 1, size, size))  # warm-up: the first pass is several times slower
     return classifier
@@ -50,10 +53,16 @@ def get_workspace(db: str, folder: str | None, uploads: str, max_bytes: int, max
 
 
 @st.cache_resource(max_entries=6, show_spinner="Reading the image and computing its maps ...")
-def get_prediction(key: str, model_id: str, method: str, _path: str, _classifier: Classifier,
+def get_prediction(key: str, model_id: str, segmenter_id: str, method: str, _path: str, _classifier: ServedModel,
                    _limits: Limits) -> Prediction:
-    """The prediction of one file, cached by its content hash, the model id and the map method."""
+    """The prediction of one file, cached by its content hash, the model and segmenter ids and the map method."""
     return load_prediction(_path, _classifier, _limits, method=method)
+
+
+@st.cache_resource(max_entries=12, show_spinner=False)
+def get_lung_outline(key: str, model_id: str, segmenter_id: str, _prediction: Prediction) -> list[np.ndarray]:
+    """The outlines of the prediction's lung fields on its source grid; none without a lung mask."""
+    return [] if _prediction.lungs is None else mask_polygons(_prediction.lungs.numpy())
 
 
 @st.cache_resource(max_entries=12, show_spinner=False)
@@ -78,10 +87,12 @@ def show_flash() -> None:
         getattr(st, kind)(text)
 
 
-def sidebar(config: ReviewConfig, worklist: Worklist, classifier: Classifier) -> None:
+def sidebar(config: ReviewConfig, worklist: Worklist, classifier: ServedModel) -> None:
     ckpt = classifier.checkpoint
     st.sidebar.title("medcam review")
-    st.sidebar.caption(f"Model {ckpt.model_id}; {ckpt.model.positive_class} flagged at p ≥ {ckpt.threshold:.2f}")
+    st.sidebar.caption(f"Model {ckpt.model_id}; {ckpt.model.positive_class} flagged at p ≥ {ckpt.threshold:.2f}; "
+                       + (f"lung segmenter {classifier.segmenter_id}" if classifier.segmenter is not None
+                          else "no lung segmenter (no lung outline or lung evidence)"))
     if not ckpt.trained:
         st.sidebar.warning("Untrained placeholder model: scores and maps are meaningless.")
     st.sidebar.text_input("Reviewer name", key="reviewer", help="Recorded with every change, in the audit trail.")
@@ -116,11 +127,11 @@ def sidebar(config: ReviewConfig, worklist: Worklist, classifier: Classifier) ->
                                "text/csv", key="reviews_csv", on_click="ignore")
 
 
-def load_worklist(worklist: Worklist, classifier: Classifier) -> list[WorkItem]:
+def load_worklist(worklist: Worklist, classifier: ServedModel) -> list[WorkItem]:
     if "files" not in st.session_state:
         st.session_state["files"] = worklist.files()
     files = st.session_state["files"]
-    pending = worklist.unscored(classifier.checkpoint.model_id, files)
+    pending = worklist.unscored(classifier.checkpoint.model_id, files, segmenter=classifier.segmenter_id)
     if pending:
         bar = st.progress(0.0, text="Scoring ...")
 
@@ -136,10 +147,14 @@ def worklist_table(items: list[WorkItem], shown: list[WorkItem], positive: str, 
     counts = {s: sum(i.status == s for i in items) for s in STATUSES}
     with st.expander(f"Worklist: {len(shown)} of {len(items)} images, highest P({positive}) first · "
                      + " · ".join(f"{s} {n}" for s, n in counts.items()), expanded=expanded):
-        rows = [{"image": i.name, f"P({positive})": i.probability, "flagged": i.flagged, "status": i.status,
+        rows = [{"image": i.name, f"P({positive})": i.probability, "flagged": i.flagged,
+                 "lung evidence": i.lung_evidence, "caution": i.quality, "status": i.status,
                  "reviewer": i.reviewer, "problem": i.error} for i in shown]
         st.dataframe(rows, hide_index=True, height=min(38 + 35 * max(len(rows), 1), 300),
-                     column_config={f"P({positive})": st.column_config.NumberColumn(format="%.3f")})
+                     column_config={f"P({positive})": st.column_config.NumberColumn(format="%.3f"),
+                                    "lung evidence": st.column_config.NumberColumn(
+                                        format="%.2f", help="Share of the map's positive evidence inside the "
+                                                            "lung fields")})
 
 
 def item_label(item: WorkItem) -> str:
@@ -149,8 +164,9 @@ def item_label(item: WorkItem) -> str:
     return f"{item.name} — {score}"
 
 
-def view_controls(prediction: Prediction, key: str, review: Review | None) -> tuple[str, View, str, float]:
-    """The viewer's controls; returns the class, the view, the threshold rule and value.
+def view_controls(prediction: Prediction, key: str, review: Review | None) -> tuple[str, View, str, float, bool]:
+    """The viewer's controls; returns the class, the view, the threshold rule and value, and
+    whether to outline the lung fields.
 
     A newly chosen image starts at the chosen window preset and, when it has a review, at
     the class and threshold it was last reviewed at.
@@ -188,6 +204,10 @@ def view_controls(prediction: Prediction, key: str, review: Review | None) -> tu
         centre = (st.slider("Centre, rows (%)", 0, 100, 50, key="centre_row") / 100,
                   st.slider("Centre, columns (%)", 0, 100, 50, key="centre_col") / 100)
     show = st.toggle("CAM overlay", value=True, key="show_cam")
+    lungs = st.toggle("Lung outline", value=False, key="show_lungs", disabled=prediction.lungs is None,
+                      help="The lung fields found by the lung segmenter, outlined in magenta."
+                      if prediction.lungs is not None else "No lung mask: the model is served without a lung "
+                      "segmenter (medcam review --segmenter).")
     opacity = st.slider("Opacity", 0.0, 1.0, 0.4, step=0.05, key="opacity", disabled=not show)
     colour_map = st.selectbox("Colour map", COLOUR_MAPS, key="colour_map", disabled=not show)
     rule_label = st.radio("Threshold on", list(RULES), key="rule")
@@ -196,7 +216,7 @@ def view_controls(prediction: Prediction, key: str, review: Review | None) -> tu
                       help="Regions are the connected areas of the map at or above this value.")
     view = View(level=level, width=width, zoom=zoom, centre=centre, colour_map=colour_map,
                 opacity=opacity if show else 0.0)
-    return class_name, view, RULES[rule_label], float(value)
+    return class_name, view, RULES[rule_label], float(value), lungs and prediction.lungs is not None
 
 
 def region_panel(store: ReviewStore, image: ImageRef, regions: RegionSet, threshold: str,
@@ -262,7 +282,8 @@ def export_panel(worklist: Worklist, exports: Path, prediction: Prediction, imag
     formats = st.multiselect("Formats", FORMATS, default=["seg", "png", "json"], key="formats",
                              help="seg: DICOM SEG; sc: DICOM Secondary Capture; sr: DICOM structured report with "
                                   "your accept/reject of each region; gsps: presentation state with the outlines; "
-                                  "nifti: label image; png: mask and outlines; json: COCO-style; csv: measurements.")
+                                  "nifti: label image; png: mask and outlines; json: COCO-style; csv: measurements; "
+                                  "lungs: the lung fields' mask (PNG, NIfTI, DICOM SEG).")
 
     def run_export() -> None:
         try:
@@ -294,7 +315,7 @@ def export_panel(worklist: Worklist, exports: Path, prediction: Prediction, imag
             st.warning(f"{fmt}: {why}")
 
 
-def viewer(worklist: Worklist, exports: Path, classifier: Classifier, item: WorkItem, reviewer: str) -> None:
+def viewer(worklist: Worklist, exports: Path, classifier: ServedModel, item: WorkItem, reviewer: str) -> None:
     store = worklist.store
     model_id = classifier.checkpoint.model_id
     if item.error:
@@ -302,18 +323,21 @@ def viewer(worklist: Worklist, exports: Path, classifier: Classifier, item: Work
         return
     method = METHODS[st.session_state.get("method", next(iter(METHODS)))]
     try:
-        prediction = get_prediction(item.key, model_id, method, item.path, classifier, worklist.limits)
+        prediction = get_prediction(item.key, model_id, classifier.segmenter_id, method, item.path, classifier,
+                                    worklist.limits)
     except MedcamError as err:
         st.error(f"{item.name} cannot be shown: {err}")
         return
     image = ImageRef(item.key, item.name, item.path)
     if reviewer and item.status == "unread":
-        store.open_review(image, reviewer, model_id=model_id, probability=item.probability)
+        store.open_review(image, reviewer, model_id=model_id, probability=item.probability,
+                          lung_evidence=prediction.lung_evidence, quality=prediction.quality,
+                          segmenter=prediction.segmenter_id)
     if not reviewer:
         st.info("Enter your name in the sidebar to review this image.")
     left, right = st.columns([3, 1])
     with right:
-        class_name, view, rule, value = view_controls(prediction, item.key, store.review(item.key))
+        class_name, view, rule, value, show_lungs = view_controls(prediction, item.key, store.review(item.key))
     regions = get_regions(item.key, model_id, class_name, rule, value, prediction)
     threshold = f"{rule}:{value:.2f}"
     decisions = {i: d.decision for i, d in store.region_decisions(item.key, class_name=class_name,
@@ -322,12 +346,19 @@ def viewer(worklist: Worklist, exports: Path, classifier: Classifier, item: Work
     with left:
         p = prediction.probability(prediction.positive_class)
         flagged = "FLAGGED" if prediction.flagged else "not flagged"
-        st.markdown(f"**{item.name}** · AI: P({prediction.positive_class}) = {p:.3f} ({flagged}) · "
+        evidence = "" if prediction.lung_evidence is None else f" · lung evidence {prediction.lung_evidence:.2f}"
+        st.markdown(f"**{item.name}** · AI: P({prediction.positive_class}) = {p:.3f} ({flagged}){evidence} · "
                     f"status **{store.status(item.key)}** · map: {method}")
-        picture = render(prediction.image.pixels, heat, regions.regions, view, decisions)
+        if prediction.quality:
+            st.warning(f"**Caution: {prediction.quality}.** Most of the map's evidence for "
+                       f"{prediction.positive_class} lies outside the lung fields; check what drives the finding "
+                       "(turn on the lung outline) before agreeing with it.", icon="⚠️")
+        outline = get_lung_outline(item.key, model_id, classifier.segmenter_id, prediction) if show_lungs else []
+        picture = render(prediction.image.pixels, heat, regions.regions, view, decisions, lungs=outline)
         spacing = prediction.image.spacing
         size = f"{spacing[0]:.3f} x {spacing[1]:.3f} mm pixels" if spacing else "pixel spacing unknown"
-        st.image(encode_png(picture), caption=f"{class_name} CAM · {len(regions)} region(s) · {size} · "
+        lung_caption = " · lung outline" if outline else ""
+        st.image(encode_png(picture), caption=f"{class_name} CAM · {len(regions)} region(s){lung_caption} · {size} · "
                                   f"{prediction.image.display or prediction.image.format}",
                  alt=f"overlay {item.name} {class_name} {threshold}", output_format="PNG")
         region_panel(store, image, regions, threshold, decisions, reviewer)
@@ -344,7 +375,7 @@ def main() -> None:
     st.set_page_config(page_title="medcam review", layout="wide")
     try:
         config = ReviewConfig.from_env()
-        classifier = get_classifier(config.model)
+        classifier = get_classifier(config.model, config.served_segmenter)
         worklist = get_workspace(str(config.db), str(config.folder) if config.folder else None, str(config.uploads),
                                  config.limits.max_bytes, config.limits.max_pixels)
     except MedcamError as err:

@@ -5,11 +5,13 @@ pass dciodvfy here).
 
 Real files: the RSNA DICOMs in ../shared (skipped when absent) and RG1_UNCR.dcm (Pixel
 Spacing 0\\0) from sample_data. Regions come from synthetic maps with known blobs, so that
-every exported mask can be compared with the one that was meant.
+every exported mask can be compared with the one that was meant. The lung fields (format
+``lungs``) come from the bundled model and segmenter on RG1 (:func:`_served`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -30,11 +32,13 @@ from pydicom.data import get_testdata_file
 
 import medcam
 from medcam.cli import main
-from medcam.errors import ConfigError
+from medcam.errors import ConfigError, UnsupportedInputError
 from medcam.export import FORMATS, export_regions, parse_formats
 from medcam.export.contours import REGION_COLOUR, region_polygons
+from medcam.export.lungs import LUNGS_SERIES_NUMBER, lung_mask
 from medcam.export.sc import label_box
 from medcam.export.table import COLUMNS
+from medcam.gate import ServedModel
 from medcam.io import Image, load_image
 from medcam.models.predictor import Prediction
 from medcam.regions import RegionSet, find_regions
@@ -64,6 +68,19 @@ REAL_DICOMS = _real_dicoms()
 @cache
 def _load(path: Path) -> Image:
     return load_image(path)
+
+
+@cache
+def _served_model() -> ServedModel:
+    return ServedModel("bundled")
+
+
+@cache
+def _served(path: Path) -> Prediction:
+    """The bundled model's prediction of ``path``, with the bundled lung segmenter's mask and share."""
+    if not path.is_file():
+        pytest.skip(f"{path} is missing; run python sample_data/make_samples.py")
+    return _served_model().classify([_load(path)])[0]
 
 
 def _prediction(image: Image, *, empty: bool = False) -> Prediction:
@@ -195,6 +212,18 @@ def test_dicom_objects_pass_dciodvfy_with_no_error(source: Path, tmp_path: Path)
         assert errors == [], f"{kind}: {errors}"
 
 
+@pytest.mark.skipif(shutil.which("dciodvfy") is None,
+                    reason="dciodvfy is not on PATH (Debian/Ubuntu: apt-get install dicom3tools)")
+def test_dicom_objects_with_lung_fields_and_a_caution_pass_dciodvfy(tmp_path: Path) -> None:
+    prediction = dataclasses.replace(_served(RG1), evidence_threshold=0.99)
+    assert prediction.quality  # a flagged image, its share below the threshold
+    result = export_regions(prediction, find_regions(prediction), tmp_path, ("seg", "sc", "sr", "gsps", "lungs"))
+    assert not result.errors, result.errors
+    for kind in ("seg", "sc", "sr", "gsps", "lungs_seg"):
+        errors, _ = _dciodvfy(result.files[kind])
+        assert errors == [], f"{kind}: {errors}"
+
+
 # --- NIfTI ----------------------------------------------------------------------------------
 
 
@@ -214,6 +243,77 @@ def test_nifti_mask_carries_the_source_geometry(source: Path, tmp_path: Path) ->
     np.testing.assert_array_equal(data[:, :, 0].T, regions.labels)
 
 
+# --- Lung fields --------------------------------------------------------------------------
+
+
+def test_lungs_format_writes_the_mask_as_png_nifti_and_seg_of_a_dicom(tmp_path: Path) -> None:
+    prediction = _served(RG1)
+    image = prediction.image
+    assert prediction.lungs is not None and prediction.segmenter_id.startswith("lungunet-")
+    expected = prediction.lungs.numpy()
+    assert 0.1 < expected.mean() < 0.7  # two lung fields, not an empty or a full mask
+    result = export_regions(prediction, find_regions(prediction), tmp_path, ("seg", "lungs"))
+    assert not result.errors and not result.skipped, (result.errors, result.skipped)
+    stem = image.identity.sop_instance_uid  # type: ignore[union-attr]
+    assert {k: p.name for k, p in result.files.items() if k.startswith("lungs")} == {
+        "lungs_png": f"{stem}_lungs.png", "lungs_nifti": f"{stem}_lungs.nii.gz", "lungs_seg": f"{stem}_lungs_seg.dcm"}
+
+    png = np.asarray(PILImage.open(result.files["lungs_png"]))
+    assert png.dtype == np.uint8 and png.shape == image.shape and set(np.unique(png)) == {0, 255}
+    np.testing.assert_array_equal(png, lung_mask(prediction))
+    np.testing.assert_array_equal(png == 255, expected)
+    with pytest.raises(UnsupportedInputError, match="medcam's own output"):  # never scored again
+        load_image(result.files["lungs_png"])
+
+    nii = nib.load(result.files["lungs_nifti"])
+    np.testing.assert_allclose(nii.affine, image.affine, atol=1e-5)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(np.asarray(nii.dataobj)[:, :, 0].T.astype(bool), expected)
+
+    seg = hd.seg.segread(result.files["lungs_seg"])
+    uid = image.identity.sop_instance_uid  # type: ignore[union-attr]
+    pixels = seg.get_pixels_by_source_instance([uid], segment_numbers=[1])
+    np.testing.assert_array_equal(pixels[0, ..., 0].astype(bool), expected)
+    (segment,) = seg.SegmentSequence
+    assert segment.SegmentLabel == "Lung fields" and segment.SegmentAlgorithmType == "AUTOMATIC"
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "39607008"  # SCT Lung
+    assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"  # Anatomical structure
+    parameters = segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters
+    assert f"segmenter={prediction.segmenter_id}" in parameters
+    regions_seg = pydicom.dcmread(result.files["seg"])
+    assert seg.StudyInstanceUID == regions_seg.StudyInstanceUID == image.dicom.StudyInstanceUID  # type: ignore[union-attr]
+    assert seg.SeriesInstanceUID != regions_seg.SeriesInstanceUID and seg.SeriesNumber == LUNGS_SERIES_NUMBER
+    again = export_regions(prediction, find_regions(prediction), tmp_path / "again", ("lungs",))
+    assert pydicom.dcmread(again.files["lungs_seg"]).SOPInstanceUID == seg.SOPInstanceUID  # a PACS replaces it
+
+
+def test_lungs_of_a_nifti_and_of_a_png_write_what_applies(tmp_path: Path) -> None:
+    nifti = _served(RG1_NIFTI)
+    result = export_regions(nifti, find_regions(nifti), tmp_path / "nifti", ("lungs",))
+    assert set(result.files) == {"lungs_png", "lungs_nifti"} and not result.errors
+    assert result.skipped == {"lungs seg": "a nifti source has no DICOM study to add a lung SEG to"}
+    nii = nib.load(result.files["lungs_nifti"])
+    np.testing.assert_allclose(nii.affine, nib.load(RG1_NIFTI).affine, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(nii.dataobj)[:, :, 0].T.astype(bool), nifti.lungs.numpy())  # type: ignore[union-attr]
+
+    png = _served(RG1_PNG)
+    result = export_regions(png, find_regions(png), tmp_path / "png", ("lungs", "png"))
+    assert set(result.files) == {"lungs_png", "mask_png", "overlay_png"} and not result.errors
+    assert set(result.skipped) == {"lungs nifti", "lungs seg"}
+    assert result.skipped["lungs nifti"] == "a png source has no geometry for NIfTI"
+    assert np.asarray(PILImage.open(result.files["lungs_png"])).shape == png.image.shape
+
+
+def test_a_lung_writer_that_fails_is_that_parts_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("no room for lungs")
+
+    monkeypatch.setattr("medcam.export.lungs.write_nifti", refuse)
+    prediction = _served(RG1)
+    result = export_regions(prediction, find_regions(prediction), tmp_path, ("lungs",))
+    assert result.errors == {"lungs nifti": "the lung NIfTI was refused: no room for lungs"}
+    assert set(result.files) == {"lungs_png", "lungs_seg"}  # the other parts go on
+
+
 # --- PNG, COCO JSON, CSV --------------------------------------------------------------------
 
 
@@ -222,6 +322,8 @@ def test_png_mask_and_overlay(tmp_path: Path) -> None:
         pytest.skip(f"{RG1} is missing")
     image = _load(RG1)
     _, regions, files = _export(image, tmp_path, ("png",))
+    for kind in ("mask_png", "overlay_png"):  # marked, so that medcam never scores them (tests/test_io_provenance.py)
+        assert PILImage.open(files[kind]).info["Software"] == "medcam"
     mask = np.asarray(PILImage.open(files["mask_png"]))
     np.testing.assert_array_equal(mask, np.where(regions.mask, 255, 0))
     overlay = np.asarray(PILImage.open(files["overlay_png"]))
@@ -276,15 +378,17 @@ def test_formats_that_do_not_apply_are_skipped_with_a_reason(tmp_path: Path) -> 
         pytest.skip(f"{RG1_PNG} is missing")
     prediction = _prediction(_load(RG1_PNG))
     result = export_regions(prediction, find_regions(prediction), tmp_path)
-    assert set(result.skipped) == {"seg", "sc", "sr", "gsps", "nifti"}
+    assert set(result.skipped) == {"seg", "sc", "sr", "gsps", "nifti", "lungs"}
     assert "png source" in result.skipped["seg"]
+    assert result.skipped["lungs"] == "no lung mask: the model was served without a lung segmenter"
     assert set(result.files) == {"mask_png", "overlay_png", "json", "csv"}
     assert all(p.name.startswith("RG1_PNEUMONIA_") for p in result.files.values())
 
 
 def test_parse_formats() -> None:
     assert parse_formats("png, SEG") == ("seg", "png")
-    assert parse_formats("all") == FORMATS
+    assert parse_formats("all") == FORMATS and "lungs" in FORMATS
+    assert parse_formats("Lungs,seg") == ("seg", "lungs")
     with pytest.raises(ConfigError, match="did you mean 'nifti'"):
         parse_formats("nifty")
 
@@ -363,6 +467,27 @@ def test_cli_export(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.Captur
     assert sorted(p.suffix for p in out.glob(f"{output_name(str(RG1))}*")) == [".dcm", ".json", ".png", ".png"]
     png_row = next(r for r in read_results(out / "exports.csv") if r["path"] == str(RG1_PNG))
     assert png_row["not_exported"].startswith("seg:")
+
+
+def test_cli_export_of_the_lung_fields(tiny_checkpoint: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    if not (RG1.is_file() and RG1_PNG.is_file()):
+        pytest.skip("sample_data is missing; run python sample_data/make_samples.py")
+    out = tmp_path / "out"
+    assert main(["export", str(RG1), str(RG1_PNG), "--model", str(tiny_checkpoint), "--formats", "lungs",
+                 "--out", str(out)]) == 0
+    assert "lungs nifti skipped: a png source has no geometry for NIfTI" in capsys.readouterr().out
+    rows = {Path(r["path"]).name: r for r in read_results(out / "exports.csv")}
+    assert rows["RG1_UNCR.dcm"]["not_exported"] == "" and rows["RG1_UNCR.dcm"]["segmenter"].startswith("lungunet-")
+    assert sorted(Path(p).name.split("_lungs")[1] for p in rows["RG1_UNCR.dcm"]["exports"].split(";")) == [
+        ".nii.gz", ".png", "_seg.dcm"]
+    assert rows["RG1.png"]["exports"] == str(out.resolve() / f"{output_name(str(RG1_PNG))}_lungs.png")
+    bare = tmp_path / "bare"
+    assert main(["export", str(RG1_PNG), "--model", str(tiny_checkpoint), "--formats", "lungs", "--segmenter",
+                 "none", "--out", str(bare)]) == 0
+    (row,) = read_results(bare / "exports.csv")
+    assert row["not_exported"] == "lungs: no lung mask: the model was served without a lung segmenter"
+    assert row["exports"] == "" and row["lung_evidence"] == "" and row["segmenter"] == ""
 
 
 def test_cli_export_refuses_an_unknown_class(tiny_checkpoint: Path, tmp_path: Path,

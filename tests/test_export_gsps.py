@@ -7,6 +7,7 @@ MONOCHROME2 without one.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pydicom
 import pytest
 from PIL import Image as PILImage
 from pydicom.uid import GrayscaleSoftcopyPresentationStateStorage
-from test_export import REAL_DICOMS, _dciodvfy, _load, _prediction
+from test_export import REAL_DICOMS, RG1, _dciodvfy, _load, _prediction, _served
 
 from medcam.export import export_regions
 from medcam.export.contours import region_polygons
@@ -81,3 +82,32 @@ def test_sc_is_the_overlay_labelled_as_an_ai_result(source: Path, tmp_path: Path
     band = sc.pixel_array[:bottom]
     assert (band == 0).all(axis=-1).mean() > 0.5  # a black band ...
     assert (band == 255).all(axis=-1).sum() > 100  # ... with white text on it
+
+
+@pytest.mark.parametrize("threshold", [None, 0.99], ids=["no-caution", "caution"])
+def test_gsps_and_sc_state_the_lung_evidence_or_the_caution(threshold: float | None, tmp_path: Path) -> None:
+    prediction = dataclasses.replace(_served(RG1), evidence_threshold=threshold)
+    assert prediction.lung_evidence is not None
+    regions = find_regions(prediction)
+    result = export_regions(prediction, regions, tmp_path, ("gsps", "sc", "png"))
+    assert not result.errors, result.errors
+    gsps = pydicom.dcmread(result.files["gsps"])
+    first, second = gsps.GraphicAnnotationSequence[0].TextObjectSequence
+    assert "AI result - not for diagnostic use" in first.UnformattedTextValue
+    if threshold:
+        assert second.UnformattedTextValue == f"CAUTION: {prediction.quality}"
+        assert "evidence outside the lungs" in second.UnformattedTextValue
+    else:
+        assert second.UnformattedTextValue.startswith(f"lung evidence share {prediction.lung_evidence:.2f}")
+    assert second.BoundingBoxTopLeftHandCorner[1] >= first.BoundingBoxBottomRightHandCorner[1]  # below it
+
+    sc = pydicom.dcmread(result.files["sc"])
+    overlay = np.asarray(PILImage.open(result.files["overlay_png"]))
+    two, three = label_box(prediction.image.shape, 2)[3], label_box(prediction.image.shape, 3)[3]
+    np.testing.assert_array_equal(sc.pixel_array[three:], overlay[three:])  # unchanged below a 3-line label
+    third_line = sc.pixel_array[two:three]
+    assert (third_line == 255).all(axis=-1).sum() > 100  # the lung line is written in white on black
+    assert (third_line == 0).all(axis=-1).mean() > 0.5
+    if shutil.which("dciodvfy"):
+        for kind in ("gsps", "sc"):
+            assert _dciodvfy(result.files[kind])[0] == [], kind

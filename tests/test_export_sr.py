@@ -19,12 +19,12 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.sr.codedict import codes
-from test_export import REAL_DICOMS, RG1, _dciodvfy, _load, _prediction
+from test_export import REAL_DICOMS, RG1, _dciodvfy, _load, _prediction, _served
 
 import medcam
 from medcam.export import export_regions
 from medcam.export.equipment import ModelInfo
-from medcam.export.sr import PNEUMONIA, write_not_analysed_sr
+from medcam.export.sr import LUNG_EVIDENCE, PNEUMONIA, write_not_analysed_sr
 from medcam.io import load_image
 from medcam.regions import find_regions
 
@@ -71,6 +71,8 @@ def test_sr_reports_the_probability_the_finding_and_each_region(source: Path, tm
     assert probability.value == pytest.approx(0.8, abs=1e-6)
     assert probability.unit == codes.UCUM.NoUnits
     assert _evaluation(group, PNEUMONIA) == "Present"
+    assert group.get_measurements(name=LUNG_EVIDENCE) == []  # no lung segmenter: no share, no caution
+    assert _texts(group, "121106")["121106"] == []
     algorithm = _texts(group, "111001", "111003", "111002")  # TID 4019 name, version, parameters
     assert algorithm["111001"] == ["medcam"] and algorithm["111003"] == ["synthetic-000000000000"]
     assert {"threshold=0.5", "temperature=1", "class=PNEUMONIA"} <= set(algorithm["111002"])
@@ -91,6 +93,31 @@ def test_sr_reports_the_probability_the_finding_and_each_region(source: Path, tm
             assert areas == []
         else:
             assert areas[0].value == pytest.approx(region.area_mm2) and areas[0].unit == codes.UCUM.SquareMillimeter
+
+
+@pytest.mark.parametrize("threshold", [None, 0.99], ids=["no-caution", "caution"])
+def test_sr_reports_the_lung_evidence_share_and_the_caution(threshold: float | None, tmp_path: Path) -> None:
+    prediction = dataclasses.replace(_served(RG1), evidence_threshold=threshold)
+    assert prediction.flagged and prediction.lung_evidence is not None
+    assert bool(prediction.quality) == (threshold is not None)
+    result = export_regions(prediction, find_regions(prediction), tmp_path, ("sr",))
+    assert not result.errors, result.errors
+    sr = hd.sr.srread(result.files["sr"])
+    (group,) = sr.content.get_image_measurement_groups()
+    (share,) = group.get_measurements(name=LUNG_EVIDENCE)
+    assert share.value == pytest.approx(prediction.lung_evidence, abs=1e-6)
+    assert share.unit == codes.UCUM.Ratio
+    (scheme,) = sr.CodingSchemeIdentificationSequence  # the private code is declared
+    assert scheme.CodingSchemeDesignator == LUNG_EVIDENCE.scheme_designator == "99MEDCAM"
+    comments = _texts(group, "121106")["121106"]
+    assert comments == ([f"Caution: {prediction.quality}"] if threshold else [])
+    if threshold:
+        assert "evidence outside the lungs" in comments[0]
+    parameters = set(_texts(group, "111002")["111002"])
+    assert f"segmenter={prediction.segmenter_id}" in parameters
+    assert ("lung_evidence_threshold=0.99" in parameters) == (threshold is not None)
+    if shutil.which("dciodvfy"):
+        assert _dciodvfy(result.files["sr"])[0] == []
 
 
 def test_sr_says_absent_below_the_operating_point_and_lists_no_region_when_there_is_none(tmp_path: Path) -> None:

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image as PILImage
 
 from medcam.export.naming import safe_path
 from medcam.export.nifti import write_nifti
 from medcam.export.overlay import overlay
+from medcam.export.png import save_png
 from medcam.models.grid import Normalisation, normalise_maps
 
 if TYPE_CHECKING:
@@ -24,7 +24,8 @@ def write_cams(prediction: Prediction, folder: Path, name: str, *, cam_class: st
                nifti: bool = True) -> dict[str, str]:
     """Write one prediction's CAM files into ``folder`` and return them by kind.
 
-    ``<name>_overlay.png``: ``cam_class``'s map, normalised, over the display image;
+    ``<name>_overlay.png``: ``cam_class``'s map, normalised, over the display image (marked as
+    medcam's own, :func:`~medcam.export.png.save_png`);
     ``<name>_cam.npy``: every class's raw map ``(K, rows, cols)`` float32 on the source grid;
     with ``nifti`` and a source geometry, ``<name>_cam.nii.gz``. Names go through
     :func:`~medcam.export.safe_path`. Keys: ``overlay``, ``cam`` and ``cam_nifti``.
@@ -34,7 +35,7 @@ def write_cams(prediction: Prediction, folder: Path, name: str, *, cam_class: st
     heat = normalise_maps(prediction.maps[None, index:index + 1], normalisation)[0, 0].numpy()
     files = {}
     overlay_path = safe_path(folder, f"{name}_overlay.png")
-    PILImage.fromarray(overlay(image.pixels, heat, colour_map=colour_map, opacity=opacity)).save(overlay_path)
+    save_png(overlay_path, overlay(image.pixels, heat, colour_map=colour_map, opacity=opacity))
     files["overlay"] = str(overlay_path)
     maps = prediction.maps.numpy().astype(np.float32)
     npy_path = safe_path(folder, f"{name}_cam.npy")

@@ -1,7 +1,8 @@
 """Every export of one image's regions, in one call: :func:`export_regions`.
 
 Formats (:data:`FORMATS`) and the files they write, each named
-``<name>_<class>_<suffix>`` inside the output folder, the whole name passed through
+``<name>_<class>_<suffix>`` inside the output folder (the lung fields, which belong to no
+class, ``<name>_<suffix>``), the whole name passed through
 :func:`~medcam.export.naming.safe_path` (``<name>`` is the source's SOP Instance UID for
 DICOM, else its file name without extension, so that no tag value or path can place a file
 outside the folder):
@@ -21,7 +22,14 @@ png       ``_mask.png``,         mask (255 inside), and the outlines over the di
           ``_overlay.png``
 json      ``_regions.json``      COCO-style boxes and polygons (:mod:`medcam.export.coco`)
 csv       ``_regions.csv``       region measurements (:mod:`medcam.export.table`)
+lungs     ``_lungs.png``,        the lung segmenter's mask (:mod:`medcam.export.lungs`): PNG
+          ``_lungs.nii.gz``,     (255 inside, full source size), NIfTI on the source geometry
+          ``_lungs_seg.dcm``     (DICOM and NIfTI sources) and a DICOM SEG (DICOM sources)
 ========  =====================  ===========================================================
+
+``lungs`` is written in parts (:data:`LUNG_PARTS`: ``lungs png``, ``lungs nifti``, ``lungs
+seg``), each skipped or refused on its own as the formats are; the whole format is skipped
+when the prediction has no lung mask (a model served without a segmenter).
 
 A format that does not apply to the source (SEG of a PNG) is *skipped* with the reason; a
 format that applies but fails (a DICOM whose identity is invalid, a value highdicom
@@ -49,7 +57,7 @@ import numpy as np
 
 from medcam.errors import ConfigError, MedcamError
 from medcam.export.coco import write_coco
-from medcam.export.naming import result_stem, safe_path
+from medcam.export.naming import result_stem, safe_name, safe_path
 from medcam.export.nifti import write_nifti
 from medcam.export.png import write_mask_png, write_overlay_png
 from medcam.export.table import write_table
@@ -60,10 +68,13 @@ if TYPE_CHECKING:
     from medcam.export.sr import Review
     from medcam.models.predictor import Prediction
 
-__all__ = ["FORMATS", "ExportFormat", "ExportResult", "default_name", "export_regions", "parse_formats"]
+__all__ = ["FORMATS", "LUNG_PARTS", "ExportFormat", "ExportResult", "default_name", "export_regions",
+           "parse_formats"]
 
-ExportFormat = Literal["seg", "sc", "sr", "gsps", "nifti", "png", "json", "csv"]
+ExportFormat = Literal["seg", "sc", "sr", "gsps", "nifti", "png", "json", "csv", "lungs"]
 FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
+LUNG_PARTS = ("lungs png", "lungs nifti", "lungs seg")
+"""The parts of the ``lungs`` format, as :class:`ExportResult` names them in ``skipped`` and ``errors``."""
 
 
 def parse_formats(value: str | Iterable[str]) -> tuple[ExportFormat, ...]:
@@ -92,9 +103,11 @@ class ExportResult:
 
     Attributes:
         files: written files by kind (``seg``, ``sc``, ``sr``, ``gsps``, ``nifti``,
-            ``mask_png``, ``overlay_png``, ``json``, ``csv``).
-        skipped: format -> why it does not apply to this source.
-        errors: format -> why it was refused.
+            ``mask_png``, ``overlay_png``, ``json``, ``csv``, ``lungs_png``, ``lungs_nifti``,
+            ``lungs_seg``).
+        skipped: format (or part of ``lungs``, :data:`LUNG_PARTS`) -> why it does not apply
+            to this source.
+        errors: format (or part of ``lungs``) -> why it was refused.
         notes: remarks about the source header (attributes not copied into DICOM objects).
     """
 
@@ -147,32 +160,60 @@ def export_regions(prediction: Prediction, regions: RegionSet, out_dir: str | Pa
     def target(suffix: str) -> Path:
         return safe_path(out, f"{stem}_{suffix}")
 
+    lung_stem = safe_name(name if name is not None else default_name(image), max_length=80)
     files: dict[str, Path] = {}
     skipped: dict[str, str] = {}
     errors: dict[str, str] = {}
     notes: list[str] = []
     for fmt in wanted:
-        reason = _not_applicable(fmt, image)
-        if reason:
-            skipped[fmt] = reason
+        if fmt == "lungs" and prediction.lungs is None:
+            skipped[fmt] = "no lung mask: the model was served without a lung segmenter"
             continue
-        try:
-            written, format_notes = _write(fmt, target, prediction, regions, review)
-        except Exception as err:  # every failure becomes this format's error (module doc)
-            errors[fmt] = _reason(fmt, err)
-            continue
-        files.update(written)
-        notes += [n for n in format_notes if n not in notes]
+        for part in LUNG_PARTS if fmt == "lungs" else (fmt,):
+            reason = _not_applicable(part, image)
+            if reason:
+                skipped[part] = reason
+                continue
+            try:
+                if fmt == "lungs":
+                    written, format_notes = _write_lungs(part, out, lung_stem, prediction)
+                else:
+                    written, format_notes = _write(fmt, target, prediction, regions, review)
+            except Exception as err:  # every failure becomes this format's error (module doc)
+                errors[part] = _reason(part, err)
+                continue
+            files.update(written)
+            notes += [n for n in format_notes if n not in notes]
     return ExportResult(files=files, skipped=skipped, errors=errors, notes=tuple(notes))
 
 
-def _not_applicable(fmt: ExportFormat, image: Image) -> str:
-    """Why ``fmt`` does not apply to ``image``, or ``""``."""
-    if fmt in ("seg", "sc", "sr", "gsps") and image.format != "dicom":
-        return f"a {image.format} source has no DICOM study to add a {fmt.upper()} to"
-    if fmt == "nifti" and image.affine is None:
+def _label(part: str) -> str:
+    """How a format or a part of ``lungs`` is named in a sentence: ``SEG``, ``lung SEG``."""
+    fmt, _, kind = part.rpartition(" ")
+    what = "NIfTI" if kind == "nifti" else kind.upper()
+    return f"lung {what}" if fmt == "lungs" else what
+
+
+def _not_applicable(part: str, image: Image) -> str:
+    """Why a format (or a part of ``lungs``) does not apply to ``image``, or ``""``."""
+    kind = part.rpartition(" ")[2]
+    if kind in ("seg", "sc", "sr", "gsps") and image.format != "dicom":
+        return f"a {image.format} source has no DICOM study to add a {_label(part)} to"
+    if kind == "nifti" and image.affine is None:
         return f"a {image.format} source has no geometry for NIfTI"
     return ""
+
+
+def _write_lungs(part: str, out: Path, stem: str, prediction: Prediction) -> tuple[dict[str, Path], tuple[str, ...]]:
+    """Write one part of ``lungs`` (:data:`LUNG_PARTS`)."""
+    from medcam.export.lungs import write_lungs_nifti, write_lungs_png, write_lungs_seg
+
+    if part == "lungs seg":
+        path, notes = write_lungs_seg(prediction, out, stem)
+        return {"lungs_seg": path}, notes
+    if part == "lungs nifti":
+        return {"lungs_nifti": write_lungs_nifti(prediction, out, stem)}, ()
+    return {"lungs_png": write_lungs_png(prediction, out, stem)}, ()
 
 
 def _write(fmt: ExportFormat, target: Callable[[str], Path], prediction: Prediction, regions: RegionSet,
@@ -211,14 +252,15 @@ def _write(fmt: ExportFormat, target: Callable[[str], Path], prediction: Predict
     return {"csv": write_table(target("regions.csv"), image, regions, model_id=model_id)}, ()
 
 
-def _reason(fmt: ExportFormat, err: Exception) -> str:
-    """A readable sentence for why ``fmt`` failed."""
+def _reason(part: str, err: Exception) -> str:
+    """A readable sentence for why a format (or a part of ``lungs``) failed."""
+    label = _label(part)
     if isinstance(err, MedcamError):
         return str(err)
     if isinstance(err, OSError):
         what = err.strerror or errno.errorcode.get(err.errno or 0, "") or str(err)
         where = f" {err.filename}" if err.filename else ""
-        return f"could not write the {fmt.upper()} file{where}: {what}"
+        return f"could not write the {label} file{where}: {what}"
     if isinstance(err, ValueError):
-        return f"the {fmt.upper()} was refused: {err}"
-    return f"the {fmt.upper()} failed ({type(err).__name__}): {err}"
+        return f"the {label} was refused: {err}"
+    return f"the {label} failed ({type(err).__name__}): {err}"

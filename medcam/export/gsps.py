@@ -8,7 +8,10 @@ it:
   outline of :func:`medcam.export.sr.outline`, in PIXEL units: ``0.0\\0.0`` is the top
   left corner of the top left pixel), tracked by the same Tracking UID as in the SR;
 - one text object in the top left corner: "AI result - not for diagnostic use", the class,
-  its probability, positive or negative at the operating threshold, and the model id;
+  its probability, positive or negative at the operating threshold, and the model id; with a
+  lung segmenter, a second one below it (:func:`lung_text`): the caution "CAUTION: evidence
+  outside the lungs (...)" of a flagged image whose evidence lies outside the lungs, else the
+  share of the evidence inside the lungs;
 - the source's VOI (its Window Center/Width or VOI LUT, copied by highdicom when present)
   and its Modality LUT (Rescale Slope/Intercept);
 - Presentation LUT Shape ``INVERSE`` for a MONOCHROME1 source (a presentation state
@@ -33,7 +36,7 @@ from medcam.regions import RegionSet
 if TYPE_CHECKING:
     from medcam.models.predictor import Prediction
 
-__all__ = ["AI_LABEL", "GSPS_SERIES_NUMBER", "build_gsps", "result_text", "write_gsps"]
+__all__ = ["AI_LABEL", "GSPS_SERIES_NUMBER", "build_gsps", "lung_text", "result_text", "write_gsps"]
 
 GSPS_SERIES_NUMBER = 904
 AI_LABEL = "AI result - not for diagnostic use"
@@ -44,6 +47,17 @@ def result_text(prediction: Prediction) -> str:
     verdict = "positive" if prediction.flagged else "negative"
     return (f"{AI_LABEL}: {prediction.positive_class} probability {prediction.positive_probability:.2f} "
             f"({verdict} at {prediction.threshold:g}); model {prediction.model_id or 'unknown'}")
+
+
+def lung_text(prediction: Prediction) -> str:
+    """What the lung segmenter adds: ``CAUTION: <quality>`` when the prediction has a caution
+    (:attr:`~medcam.models.Prediction.quality`), else ``lung evidence share X`` when it has a
+    share, else ""."""
+    if prediction.quality:
+        return f"CAUTION: {prediction.quality}"
+    if prediction.lung_evidence is not None:
+        return f"lung evidence share {prediction.lung_evidence:.2f} (of the {prediction.positive_class} map's evidence)"
+    return ""
 
 
 def build_gsps(prediction: Prediction,
@@ -66,11 +80,13 @@ def build_gsps(prediction: Prediction,
         tracking_uid=tracking_uid(source.SOPInstanceUID, info.name, "region", region.class_name, str(region.id)),
     ) for region in regions]
     rows, cols = image.shape
-    text = hd.pr.TextObject(text_value=result_text(prediction)[:1024], units=hd.pr.AnnotationUnitsValues.PIXEL,
-                            bounding_box=(0.02 * cols, 0.02 * rows, 0.98 * cols, 0.08 * rows),
-                            text_justification=hd.pr.TextJustificationValues.LEFT)
+    lines = [line for line in (result_text(prediction), lung_text(prediction)) if line]
+    texts = [hd.pr.TextObject(text_value=line[:1024], units=hd.pr.AnnotationUnitsValues.PIXEL,
+                              bounding_box=(0.02 * cols, top * rows, 0.98 * cols, (top + 0.06) * rows),
+                              text_justification=hd.pr.TextJustificationValues.LEFT)
+             for line, top in zip(lines, (0.02, 0.08), strict=False)]
     annotation = hd.pr.GraphicAnnotation(referenced_images=[source], graphic_layer=layer,
-                                         graphic_objects=graphics or None, text_objects=[text])
+                                         graphic_objects=graphics or None, text_objects=texts)
     inverse = source.get("PhotometricInterpretation") == "MONOCHROME1"
     shape = hd.PresentationLUTShapeValues.INVERSE if inverse else hd.PresentationLUTShapeValues.IDENTITY
     class_name = regions.class_name or info.positive_class

@@ -10,8 +10,10 @@ Laterality are copied from the source (the Type 2C ones empty, as DICOM allows, 
 source has none); Pixel Spacing is copied when it is known and positive.
 
 The image says what it is: a label is burned into its top left corner (white on black,
-Pillow's default font scaled to the image) with "AI result - not for diagnostic use" and
-the result (:func:`~medcam.export.gsps.result_text`: class, probability, model), so Burned
+Pillow's default font scaled to the image) with "AI result - not for diagnostic use", the
+result (:func:`~medcam.export.gsps.result_text`: class, probability, model) and, with a lung
+segmenter, a third line (:func:`~medcam.export.gsps.lung_text`: the caution "CAUTION:
+evidence outside the lungs (...)" when there is one, else the lung evidence share), so Burned
 In Annotation is ``YES``; the Series Description is "medcam AI result (not for diagnostic
 use)". Series and instance UIDs are derived from the study, source, model and class
 (:mod:`medcam.export.uids`).
@@ -35,7 +37,7 @@ import medcam
 from medcam.export.contours import draw_regions
 from medcam.export.dicom_source import positive_spacing, reference_dataset, save_dicom
 from medcam.export.equipment import add_device_uid, contributing_equipment, equipment
-from medcam.export.gsps import AI_LABEL, result_text
+from medcam.export.gsps import AI_LABEL, lung_text, result_text
 from medcam.export.sr import SR_SERIES_DESCRIPTION
 from medcam.export.uids import instance_uid, series_uid
 from medcam.regions import RegionSet
@@ -60,8 +62,8 @@ def build_sc(prediction: Prediction, regions: RegionSet) -> tuple[hd.sc.SCImage,
     regions.check_grid(image)
     source, notes = reference_dataset(image)
     model_id = prediction.model_id or "unknown"
-    detail = result_text(prediction).removeprefix(f"{AI_LABEL}: ")
-    rgb = burn_label(draw_regions(image.pixels, regions.regions), [AI_LABEL, detail])
+    lines = [AI_LABEL, result_text(prediction).removeprefix(f"{AI_LABEL}: "), lung_text(prediction)]
+    rgb = burn_label(draw_regions(image.pixels, regions.regions), [line for line in lines if line])
     spacing = source.get("PixelSpacing")
     class_name = regions.class_name or "region"
     with warnings.catch_warnings():  # the source's own single-component names are copied as they are

@@ -16,6 +16,8 @@ with coded concepts:
 
 Identity: series and instance UIDs derived from the study, source, model and class
 (:mod:`medcam.export.uids`), equipment attributes from :mod:`medcam.export.equipment`.
+:func:`binary_segmentation` builds any such one-segment object; the lung fields' SEG
+(:mod:`medcam.export.lungs`) is the other one.
 
 Projection radiographs and secondary captures have no Frame of Reference: the segmentation
 is then aligned with its source pixel for pixel, and carries no Pixel Measures Sequence
@@ -39,7 +41,7 @@ from medcam.export.uids import instance_uid, series_uid
 from medcam.io.image import Image
 from medcam.regions import RegionSet
 
-__all__ = ["SEG_SERIES_NUMBER", "build_seg", "write_seg"]
+__all__ = ["SEG_SERIES_NUMBER", "binary_segmentation", "build_seg", "write_seg"]
 
 SEG_SERIES_NUMBER = 901
 _OPACITY_CLASSES = ("pneumonia", "opacity", "lung opacity", "lung_opacity", "consolidation")
@@ -53,11 +55,6 @@ def build_seg(image: Image, regions: RegionSet, *, model_id: str = "") -> tuple[
         ValueError: the regions are not on the image's grid.
     """
     regions.check_grid(image)
-    source, notes = reference_dataset(image)
-    if "FrameOfReferenceUID" not in source:
-        for keyword in ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"):
-            if keyword in source:
-                del source[keyword]
     class_name = regions.class_name or "region"
     opacity = class_name.lower() in _OPACITY_CLASSES
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -75,22 +72,50 @@ def build_seg(image: Image, regions: RegionSet, *, model_id: str = "") -> tuple[
         algorithm_identification=algorithm,
         anatomic_regions=[codes.SCT.Lung],
     )
+    return binary_segmentation(image, regions.mask, segment, model_id=model_id, qualifiers=(class_name,),
+                               series_number=SEG_SERIES_NUMBER, content_label="MEDCAM_CAM",
+                               content_description=f"medcam CAM regions of {class_name}",
+                               series_description=f"medcam {class_name} regions")
+
+
+def binary_segmentation(image: Image, mask: np.ndarray, segment: hd.seg.SegmentDescription, *, model_id: str,
+                        qualifiers: tuple[str, ...], series_number: int, content_label: str,
+                        content_description: str, series_description: str,
+                        series_qualifiers: tuple[str, ...] = ()) -> tuple[hd.seg.Segmentation, tuple[str, ...]]:
+    """A BINARY Segmentation of one ``segment``, ``mask`` ``(rows, cols)`` on ``image``'s pixel grid, in
+    the source's study; and notes on the source header.
+
+    The series UID is derived from the study, the model, ``seg`` and ``series_qualifiers``; the
+    instance UID from the source, the model, ``seg`` and ``qualifiers`` (:mod:`medcam.export.uids`).
+
+    Raises:
+        UnsupportedInputError: the source is not DICOM or its identity is invalid.
+        ValueError: the mask is not on the image's grid.
+    """
+    if mask.shape != image.shape:
+        raise ValueError(f"{image.path}: the mask is {mask.shape}, the image {image.shape}")
+    source, notes = reference_dataset(image)
+    if "FrameOfReferenceUID" not in source:
+        for keyword in ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"):
+            if keyword in source:
+                del source[keyword]
+    model = model_id or "unknown"
     with warnings.catch_warnings():  # the source's own single-component names are copied as they are
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
         seg = hd.seg.Segmentation(
             source_images=[source],
-            pixel_array=regions.mask[None].astype(np.uint8),
+            pixel_array=mask[None].astype(np.uint8),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[segment],
-            series_instance_uid=series_uid(source.StudyInstanceUID, model_id or "unknown", "seg"),
-            series_number=SEG_SERIES_NUMBER,
-            sop_instance_uid=instance_uid(source.SOPInstanceUID, model_id or "unknown", "seg", class_name),
+            series_instance_uid=series_uid(source.StudyInstanceUID, model, "seg", *series_qualifiers),
+            series_number=series_number,
+            sop_instance_uid=instance_uid(source.SOPInstanceUID, model, "seg", *qualifiers),
             instance_number=1,
             contributing_equipment=[contributing_equipment(model_id)],
             **equipment(model_id),
-            content_label="MEDCAM_CAM",
-            content_description=f"medcam CAM regions of {class_name}"[:64],
-            series_description=f"medcam {class_name} regions"[:64],
+            content_label=content_label,
+            content_description=content_description[:64],
+            series_description=series_description[:64],
             omit_empty_frames=False,
             transfer_syntax_uid=ExplicitVRLittleEndian,
         )

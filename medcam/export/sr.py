@@ -13,7 +13,13 @@ the checked header (:func:`~medcam.export.dicom_source.reference_dataset`). Its 
   DCM 121071 "Finding"), referencing the source image: the calibrated probability as a
   numeric measurement DCM 122157 "Probability" (UCUM ``1``), and the finding present or
   absent at the operating threshold (``Prediction.flagged``) as a qualitative evaluation
-  (SCT 52101004 "Present" / SCT 272519000 "Absent");
+  (SCT 52101004 "Present" / SCT 272519000 "Absent"); with a lung segmenter, the share of the
+  positive class's positive CAM evidence inside the lungs (``Prediction.lung_evidence``) as a
+  numeric measurement :data:`LUNG_EVIDENCE` (99MEDCAM LUNGEVIDENCE "Lung evidence share",
+  UCUM ``{ratio}``; no standard concept exists, so the code is medcam's own, declared in the
+  Coding Scheme Identification Sequence) and, when that share is below the model's threshold
+  on a flagged image (``Prediction.quality``), the caution as a TEXT item DCM 121106
+  "Comment" that starts with "Caution:";
 - one planar ROI group (TID 1410) per region: its outline as a closed SCOORD POLYLINE in
   image coordinates (the largest outline of :func:`~medcam.export.contours.region_polygons`,
   shifted by half a pixel: DICOM puts ``0.0\\0.0`` at the top left corner of the top left
@@ -21,7 +27,8 @@ the checked header (:func:`~medcam.export.dicom_source.reference_dataset`). Its 
   when the pixel spacing is known;
 - Algorithm Identification (TID 4019) in every group: name ``medcam``, version = the model
   id, family "Artificial Intelligence", parameters ``model=``, ``class=``, ``medcam=``,
-  ``threshold=``, ``temperature=`` (and ``class_bias=`` when the calibration has one).
+  ``threshold=``, ``temperature=`` (and ``class_bias=`` when the calibration has one,
+  ``segmenter=`` and ``lung_evidence_threshold=`` when there are a segmenter and a threshold).
 
 A reviewed report (:class:`Review`) adds, per region, the reviewer's decision as a
 qualitative evaluation of the region's finding: accepted = "Present", rejected = "Absent".
@@ -56,12 +63,17 @@ from medcam.regions import Region, RegionSet
 if TYPE_CHECKING:
     from medcam.models.predictor import Prediction
 
-__all__ = ["PNEUMONIA", "SR_SERIES_DESCRIPTION", "SR_SERIES_NUMBER", "Review", "build_not_analysed_sr",
-           "build_sr", "finding_code", "outline", "write_not_analysed_sr", "write_sr"]
+__all__ = ["LUNG_EVIDENCE", "MEDCAM_SCHEME", "PNEUMONIA", "SR_SERIES_DESCRIPTION", "SR_SERIES_NUMBER", "Review",
+           "build_not_analysed_sr", "build_sr", "finding_code", "outline", "write_not_analysed_sr", "write_sr"]
 
 SR_SERIES_NUMBER = 903
 SR_SERIES_DESCRIPTION = "medcam AI result (not for diagnostic use)"
 PNEUMONIA = hd.sr.CodedConcept(value="233604007", scheme_designator="SCT", meaning="Pneumonia")
+MEDCAM_SCHEME = "99MEDCAM"
+"""medcam's own coding scheme (a private designator starts with 99), for what no standard code names."""
+LUNG_EVIDENCE = hd.sr.CodedConcept(value="LUNGEVIDENCE", scheme_designator=MEDCAM_SCHEME,
+                                   meaning="Lung evidence share")
+"""The share of the positive class's positive CAM evidence inside the lung fields, in [0, 1]."""
 _OPACITY_CLASSES = ("opacity", "lung opacity", "lung_opacity", "consolidation")
 _PERSON_NAME_WARNING = ".*unlikely to represent the intended person name"
 
@@ -121,12 +133,20 @@ def build_sr(prediction: Prediction, regions: RegionSet, *,
     info = ModelInfo.of(prediction)
     finding = finding_code(info.positive_class)
     algorithm = _algorithm(info)
-    probability = hd.sr.Measurement(name=codes.DCM.Probability, value=prediction.positive_probability,
-                                    unit=codes.UCUM.NoUnits, algorithm_id=algorithm)
+    measurements = [hd.sr.Measurement(name=codes.DCM.Probability, value=prediction.positive_probability,
+                                      unit=codes.UCUM.NoUnits, algorithm_id=algorithm)]
+    if prediction.lung_evidence is not None:
+        measurements.append(hd.sr.Measurement(name=LUNG_EVIDENCE, value=prediction.lung_evidence,
+                                              unit=codes.UCUM.Ratio, algorithm_id=algorithm))
     present = codes.SCT.Present if prediction.flagged else codes.SCT.Absent
+    image_group = _image_group(source, info, algorithm, measurements=measurements,
+                               evaluation=hd.sr.QualitativeEvaluation(name=finding, value=present))
+    if prediction.quality:
+        image_group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=codes.DCM.Comment, value=f"Caution: {prediction.quality}",
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]
-    groups = [_image_group(source, info, algorithm, measurements=[probability],
-                           evaluation=hd.sr.QualitativeEvaluation(name=finding, value=present))]
+    groups = [image_group]
     region_finding = finding_code(listed.class_name or info.positive_class)
     for region in listed:
         decision = review.decisions.get(region.id) if review is not None else None
@@ -134,7 +154,10 @@ def build_sr(prediction: Prediction, regions: RegionSet, *,
     qualifiers: tuple[str, ...] = (listed.class_name or info.positive_class,)
     if review is not None:
         qualifiers += ("reviewed", review.reviewer.strip())
-    return _report(source, info, groups, qualifiers, reviewer=review.reviewer if review else None), notes
+    sr = _report(source, info, groups, qualifiers, reviewer=review.reviewer if review else None)
+    if prediction.lung_evidence is not None:
+        sr.CodingSchemeIdentificationSequence = [_medcam_scheme()]
+    return sr, notes
 
 
 def write_sr(path: str | Path, prediction: Prediction, regions: RegionSet, *,
@@ -196,6 +219,15 @@ def _header(source: Image | Dataset) -> tuple[Dataset, tuple[str, ...]]:
     if isinstance(source, Dataset):
         return checked_header(source, str(getattr(source, "filename", "") or "<dataset>"))
     raise TypeError(f"source must be a medcam Image or a pydicom Dataset, got {type(source).__name__}")
+
+
+def _medcam_scheme() -> Dataset:
+    """The Coding Scheme Identification item that declares :data:`MEDCAM_SCHEME`."""
+    item = Dataset()
+    item.CodingSchemeDesignator = MEDCAM_SCHEME
+    item.CodingSchemeName = "medcam local codes"
+    item.CodingSchemeResponsibleOrganization = "medcam"
+    return item
 
 
 def _algorithm(info: ModelInfo) -> hd.sr.AlgorithmIdentification:

@@ -7,7 +7,8 @@ SHA-512 of the parts under pydicom's root ``1.2.826.0.1.3680043.8.498.``; with
 ``prefix=None`` pydicom would ignore the entropy and return a random ``2.25`` UID):
 
 - :func:`series_uid`: one series per study, model and object type (``seg``, ``sc``, ``sr``,
-  ``gsps``), whatever the image;
+  ``gsps``), whatever the image, and a series of its own for what else a qualifier names
+  (the SEG of the lung fields);
 - :func:`instance_uid`: one instance per source image, model, object type and class (and,
   for a reviewed report, reviewer);
 - :func:`device_uid`: the Device UID of a model (IHE AI Results), the same for every object
@@ -34,9 +35,10 @@ def derived_uid(*parts: str) -> UID:
     return generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=[json.dumps(["medcam", *parts])])
 
 
-def series_uid(study_uid: str, model_id: str, kind: ObjectKind) -> UID:
-    """The Series Instance UID of ``model_id``'s objects of ``kind`` in the study ``study_uid``."""
-    return derived_uid("series", study_uid, model_id, kind)
+def series_uid(study_uid: str, model_id: str, kind: ObjectKind, *qualifiers: str) -> UID:
+    """The Series Instance UID of ``model_id``'s objects of ``kind`` in the study ``study_uid``;
+    ``qualifiers`` (e.g. ``"lungs"``) name a series of its own."""
+    return derived_uid("series", study_uid, model_id, kind, *qualifiers)
 
 
 def instance_uid(source_uid: str, model_id: str, kind: ObjectKind, *qualifiers: str) -> UID:

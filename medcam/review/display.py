@@ -23,7 +23,9 @@ small whatever the source size.
 
 **Outlines** are the regions' outer contours (:func:`medcam.export.contours.region_polygons`),
 moved onto the displayed crop, coloured by the reviewer's decision: yellow undecided, green
-accepted, red rejected, each labelled with its region id.
+accepted, red rejected, each labelled with its region id. The lung fields, when asked for, are
+outlined beneath them in :data:`LUNG_COLOUR` (the contours of the lung segmenter's mask,
+:func:`medcam.export.contours.mask_polygons`).
 """
 
 from __future__ import annotations
@@ -35,14 +37,14 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image as PILImage
 
 from medcam.export.contours import REGION_COLOUR, region_polygons
 from medcam.export.overlay import overlay, to_uint8_gray
+from medcam.export.png import save_png
 from medcam.regions import Region
 
-__all__ = ["DECISION_COLOURS", "PRESETS", "View", "apply_window", "encode_png", "preset_window", "region_rows",
-           "render", "zoom_box"]
+__all__ = ["DECISION_COLOURS", "LUNG_COLOUR", "PRESETS", "View", "apply_window", "encode_png", "preset_window",
+           "region_rows", "render", "zoom_box"]
 
 PRESETS: dict[str, tuple[float, float] | None] = {
     "default (file VOI)": (0.5, 1.0),
@@ -52,6 +54,7 @@ PRESETS: dict[str, tuple[float, float] | None] = {
 }
 DECISION_COLOURS: dict[str | None, tuple[int, int, int]] = {
     None: REGION_COLOUR, "accept": (40, 200, 60), "reject": (235, 50, 50)}
+LUNG_COLOUR = (255, 64, 255)  # RGB magenta: in no colour map's usual range and no decision's colour
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ def zoom_box(shape: tuple[int, int], zoom: float, centre: tuple[float, float]) -
 
 
 def render(pixels: np.ndarray, heat: np.ndarray | None, regions: Sequence[Region], view: View,
-           decisions: Mapping[int, str] | None = None) -> np.ndarray:
+           decisions: Mapping[int, str] | None = None, *, lungs: Sequence[np.ndarray] = ()) -> np.ndarray:
     """The picture for the browser: uint8 RGB ``(h, w, 3)``, long side ``view.max_side`` at most
     (exactly, when zoomed in).
 
@@ -125,6 +128,8 @@ def render(pixels: np.ndarray, heat: np.ndarray | None, regions: Sequence[Region
         heat: the CAM normalised to [0, 1] on the same grid, or None for none.
         regions: regions on the same grid, outlined.
         decisions: region id -> ``accept`` / ``reject`` (undecided when absent).
+        lungs: the lung fields' outlines on the same grid (:func:`~medcam.export.contours.mask_polygons`
+            of the lung mask), drawn in :data:`LUNG_COLOUR`; empty for none.
     """
     gray = np.asarray(pixels, dtype=np.float32)
     gray = gray.reshape(gray.shape[-2], gray.shape[-1])
@@ -147,12 +152,17 @@ def render(pixels: np.ndarray, heat: np.ndarray | None, regions: Sequence[Region
     rgb = np.ascontiguousarray(rgb)
     sx, sy = size[0] / cols, size[1] / rows
     thickness = max(1, round(max(size) / 400))
+
+    def shown_polygons(polygons: Sequence[np.ndarray]) -> list[np.ndarray]:
+        # vertices are source pixel centres: centre + 0.5 is the continuous coordinate
+        return [np.round((p + 0.5 - (col0, row0)) * (sx, sy) - 0.5).astype(np.int32).reshape(-1, 1, 2)
+                for p in polygons]
+
+    if len(lungs):
+        cv2.polylines(rgb, shown_polygons(lungs), True, LUNG_COLOUR, thickness, lineType=cv2.LINE_8)
     for region in regions:
         colour = DECISION_COLOURS.get((decisions or {}).get(region.id), REGION_COLOUR)
-        # vertices are source pixel centres: centre + 0.5 is the continuous coordinate
-        polygons = [np.round((p + 0.5 - (col0, row0)) * (sx, sy) - 0.5).astype(np.int32).reshape(-1, 1, 2)
-                    for p in region_polygons(region)]
-        cv2.polylines(rgb, polygons, True, colour, thickness, lineType=cv2.LINE_8)
+        cv2.polylines(rgb, shown_polygons(region_polygons(region)), True, colour, thickness, lineType=cv2.LINE_8)
         label = str(region.id)
         (text_w, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thickness, thickness)
         top, left = (region.bbox[0] - row0) * sy, (region.bbox[1] - col0) * sx
@@ -164,13 +174,15 @@ def render(pixels: np.ndarray, heat: np.ndarray | None, regions: Sequence[Region
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
-    """Lossless PNG bytes of a uint8 RGB picture, with fast (level 1) compression.
+    """Lossless PNG bytes of a uint8 RGB picture, with fast (level 1) compression, marked as
+    medcam's own (:func:`~medcam.export.png.save_png`): saved from the browser and uploaded again,
+    it is refused.
 
     Faster than Pillow's default level, for a somewhat larger file: on a local connection the
     encoding, not the transfer, is the cost.
     """
     buffer = io.BytesIO()
-    PILImage.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
+    save_png(buffer, rgb, compress_level=1)
     return buffer.getvalue()
 
 

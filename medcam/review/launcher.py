@@ -29,7 +29,8 @@ __all__ = ["APP", "ENV", "STOP_SIGNALS", "ReviewConfig", "default_db", "is_loopb
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "reviewer.py"
 ENV = {"folder": "MEDCAM_REVIEW_DIR", "db": "MEDCAM_REVIEW_DB", "model": "MEDCAM_REVIEW_MODEL",
-       "max_upload_mb": "MEDCAM_REVIEW_MAX_UPLOAD_MB", "max_pixels": "MEDCAM_REVIEW_MAX_PIXELS"}
+       "segmenter": "MEDCAM_REVIEW_SEGMENTER", "max_upload_mb": "MEDCAM_REVIEW_MAX_UPLOAD_MB",
+       "max_pixels": "MEDCAM_REVIEW_MAX_PIXELS"}
 INSTALL_HINT = 'the reviewer needs Streamlit; install it with: pip install "medcam-screening[app]"'
 
 
@@ -47,12 +48,20 @@ class ReviewConfig:
         db: the review database (SQLite file).
         model: checkpoint path, or ``"bundled"``.
         limits: upload size and pixel count limits.
+        segmenter: lung segmenter checkpoint path, ``"bundled"``, or ``"none"`` (any case) for
+            none: then no lung outline, ``lung_evidence`` or caution (see :attr:`served_segmenter`).
     """
 
     folder: Path | None
     db: Path
     model: str = "bundled"
     limits: Limits = field(default_factory=Limits)
+    segmenter: str = "bundled"
+
+    @property
+    def served_segmenter(self) -> str | None:
+        """The ``segmenter`` argument of :class:`~medcam.gate.ServedModel`: None for ``"none"``."""
+        return None if self.segmenter.strip().lower() == "none" else self.segmenter
 
     @property
     def uploads(self) -> Path:
@@ -68,7 +77,7 @@ class ReviewConfig:
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that :meth:`from_env` reads back."""
-        env = {ENV["db"]: str(self.db.resolve()), ENV["model"]: self.model,
+        env = {ENV["db"]: str(self.db.resolve()), ENV["model"]: self.model, ENV["segmenter"]: self.segmenter,
                ENV["max_upload_mb"]: str(self.max_upload_mb), ENV["max_pixels"]: str(self.limits.max_pixels)}
         if self.folder is not None:
             env[ENV["folder"]] = str(self.folder.resolve())
@@ -96,7 +105,8 @@ class ReviewConfig:
                 raise ConfigError(f"{ENV[name]} must be positive, got {text!r}")
         db = Path(environ[ENV["db"]]) if environ.get(ENV["db"]) else default_db(folder)
         return cls(folder=folder, db=db, model=environ.get(ENV["model"]) or "bundled",
-                   limits=Limits(max_bytes=numbers["max_upload_mb"] * 2**20, max_pixels=numbers["max_pixels"]))
+                   limits=Limits(max_bytes=numbers["max_upload_mb"] * 2**20, max_pixels=numbers["max_pixels"]),
+                   segmenter=environ.get(ENV["segmenter"]) or "bundled")
 
 
 def streamlit_command(config: ReviewConfig, *, host: str = "127.0.0.1", port: int = 8501,
@@ -123,13 +133,14 @@ def is_loopback(host: str) -> bool:
 
 
 def launch(config: ReviewConfig, *, host: str = "127.0.0.1", port: int = 8501) -> int:
-    """Check the app, database and model, then run the Streamlit server until it stops.
+    """Check the app, database, model and lung segmenter, then run the Streamlit server until it stops.
 
     Raises:
         MedcamError: Streamlit is missing, the app file is missing, the database cannot be
-            opened, or the model cannot be loaded.
+            opened, or the model or the segmenter cannot be loaded.
     """
     from medcam.models.checkpoint import load_checkpoint
+    from medcam.models.lungs import load_segmenter
     from medcam.review.store import ReviewStore
 
     try:
@@ -142,9 +153,11 @@ def launch(config: ReviewConfig, *, host: str = "127.0.0.1", port: int = 8501) -
         raise ConfigError(f"{config.folder}: the review folder does not exist or is not a folder")
     store = ReviewStore(config.db)
     ckpt = load_checkpoint(config.model)
+    segmenter = None if config.served_segmenter is None else load_segmenter(config.served_segmenter)
     argv, env = streamlit_command(config, host=host, port=port)
     state = "trained" if ckpt.trained else "UNTRAINED PLACEHOLDER - scores and maps are meaningless"
-    print(f"model {ckpt.model_id} ({state})")
+    lungs = "no lung segmenter" if segmenter is None else f"lung segmenter {segmenter.segmenter_id}"
+    print(f"model {ckpt.model_id} ({state}); {lungs}")
     print(f"reviews in {store.path}; folder {config.folder or '(none: uploads only)'}")
     if not is_loopback(host):
         print(f"warning: the reviewer has no login; anyone who can reach {host}:{port} can see these images",

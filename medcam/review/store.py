@@ -13,6 +13,14 @@ Tables (schema version :data:`SCHEMA_VERSION`, see :data:`MIGRATIONS`):
 - ``audit``: an append-only trail of who did what to which image, and when (UTC);
 - ``scores``: the score cache, keyed by file content hash and model id.
 
+Version 2 adds, to ``reviews`` and to ``scores``, what the lung segmenter said of the image:
+``lung_evidence`` (the share of the positive class's positive CAM evidence inside the lungs,
+NULL without a segmenter), ``quality`` (the caution of a flagged image whose evidence lies
+outside the lungs, "" when none; :attr:`medcam.models.Prediction.quality`) and ``segmenter``
+(its id, "" when none). A review keeps them as they were when it was opened; a cached score
+is reused only by the same segmenter (:meth:`ReviewStore.cached_scores`). Rows written by
+version 1 have none: NULL and "".
+
 **Status** of an image: ``unread`` (no review row), ``in review`` (opened or edited),
 ``reviewed`` (signed off with an overall agree / disagree), ``exported`` (accepted regions
 written). Any later change to a reviewed or exported image's decisions or note puts it back
@@ -97,6 +105,14 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (image_key, model_id)
     );
     """,
+    """
+    ALTER TABLE reviews ADD COLUMN lung_evidence REAL;
+    ALTER TABLE reviews ADD COLUMN quality TEXT NOT NULL DEFAULT '';
+    ALTER TABLE reviews ADD COLUMN segmenter TEXT NOT NULL DEFAULT '';
+    ALTER TABLE scores ADD COLUMN lung_evidence REAL;
+    ALTER TABLE scores ADD COLUMN quality TEXT NOT NULL DEFAULT '';
+    ALTER TABLE scores ADD COLUMN segmenter TEXT NOT NULL DEFAULT '';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -116,7 +132,7 @@ class ImageRef:
 
 @dataclass(frozen=True)
 class Review:
-    """One image's review (see the module documentation for ``status``)."""
+    """One image's review (see the module documentation for ``status`` and the lung columns)."""
 
     image_key: str
     name: str
@@ -127,6 +143,9 @@ class Review:
     reviewer: str
     model_id: str
     probability: float | None
+    lung_evidence: float | None
+    quality: str
+    segmenter: str
     class_name: str
     threshold: str
     created_at: str
@@ -161,10 +180,14 @@ class AuditEntry:
 
 @dataclass(frozen=True)
 class CachedScore:
-    """A cached score: class probabilities, or the reason the file could not be scored."""
+    """A cached score: class probabilities, or the reason the file could not be scored; and
+    what the lung segmenter said (see the module documentation)."""
 
     probabilities: dict[str, float]
     error: str
+    lung_evidence: float | None = None
+    quality: str = ""
+    segmenter: str = ""
 
 
 def _now() -> str:
@@ -258,16 +281,18 @@ class ReviewStore:
 
     # --- writes ------------------------------------------------------------------------
 
-    def open_review(self, image: ImageRef, reviewer: str, *, model_id: str = "",
-                    probability: float | None = None) -> bool:
-        """Mark an unread image ``in review`` by ``reviewer``; True when this call did it."""
+    def open_review(self, image: ImageRef, reviewer: str, *, model_id: str = "", probability: float | None = None,
+                    lung_evidence: float | None = None, quality: str = "", segmenter: str = "") -> bool:
+        """Mark an unread image ``in review`` by ``reviewer``, with what the AI said of it (model,
+        probability, and the lung segmenter's share, caution and id); True when this call did it."""
         reviewer = _require_reviewer(reviewer)
         at = _now()
         with self._write() as con:
             if self._ensure_review(con, image, reviewer, at) is not None:
                 return False
-            con.execute("UPDATE reviews SET model_id = ?, probability = ? WHERE image_key = ?",
-                        (model_id, probability, image.key))
+            con.execute("UPDATE reviews SET model_id = ?, probability = ?, lung_evidence = ?, quality = ?, "
+                        "segmenter = ? WHERE image_key = ?",
+                        (model_id, probability, lung_evidence, quality, segmenter, image.key))
             self._audit(con, reviewer, image.key, "open", {"name": image.name, "path": image.path}, at)
         return True
 
@@ -333,11 +358,15 @@ class ReviewStore:
                          "files": dict(files)}, at)
 
     def save_score(self, image_key: str, model_id: str, *, probabilities: Mapping[str, float] | None = None,
-                   error: str = "") -> None:
-        """Cache a score (or the reason there is none) for a file content hash and model."""
+                   error: str = "", lung_evidence: float | None = None, quality: str = "",
+                   segmenter: str = "") -> None:
+        """Cache a score (or the reason there is none) for a file content hash and model, with the
+        lung segmenter's share, caution and id (replacing what another segmenter said)."""
         with self._write() as con:
-            con.execute("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)",
-                        (image_key, model_id, json.dumps(dict(probabilities or {})), error, _now()))
+            con.execute("INSERT OR REPLACE INTO scores (image_key, model_id, probabilities, error, scored_at, "
+                        "lung_evidence, quality, segmenter) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (image_key, model_id, json.dumps(dict(probabilities or {})), error, _now(), lung_evidence,
+                         quality, segmenter))
 
     # --- reads -------------------------------------------------------------------------
 
@@ -395,12 +424,16 @@ class ReviewStore:
         entries = [AuditEntry(**{**dict(r), "detail": json.loads(r["detail"])}) for r in rows]
         return entries[-limit:] if limit else entries
 
-    def cached_scores(self, model_id: str) -> dict[str, CachedScore]:
-        """Every cached score of ``model_id``, by file content hash."""
+    def cached_scores(self, model_id: str, *, segmenter: str | None = None) -> dict[str, CachedScore]:
+        """Every cached score of ``model_id`` (made with the lung segmenter ``segmenter`` when
+        given, "" for none), by file content hash."""
+        query = ("SELECT image_key, probabilities, error, lung_evidence, quality, segmenter FROM scores "
+                 "WHERE model_id = ?" + ("" if segmenter is None else " AND segmenter = ?"))
+        params = (model_id,) if segmenter is None else (model_id, segmenter)
         with self._connect() as con:
-            rows = con.execute("SELECT image_key, probabilities, error FROM scores WHERE model_id = ?",
-                               (model_id,)).fetchall()
-        return {r["image_key"]: CachedScore(json.loads(r["probabilities"]), r["error"]) for r in rows}
+            rows = con.execute(query, params).fetchall()
+        return {r["image_key"]: CachedScore(json.loads(r["probabilities"]), r["error"], r["lung_evidence"],
+                                            r["quality"], r["segmenter"]) for r in rows}
 
     def reviews_csv(self) -> str:
         """Every review as CSV: one row per image, with its accepted and rejected regions.

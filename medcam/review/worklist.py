@@ -31,9 +31,10 @@ from typing import Literal
 
 from medcam.errors import ConfigError, MedcamError, UnsupportedInputError
 from medcam.export.naming import safe_name
+from medcam.gate.served import ServedModel
 from medcam.io import detect_format, load_image
 from medcam.io.discover import iter_images
-from medcam.models.predictor import Classifier, Prediction
+from medcam.models.predictor import Prediction
 from medcam.review.store import STATUSES, ReviewStore, Status
 
 __all__ = ["Limits", "Source", "WorkItem", "Worklist", "file_key", "image_pixels", "load_prediction",
@@ -65,6 +66,9 @@ class WorkItem:
         error: why the file could not be scored; empty otherwise.
         status: the review status (``unread`` when there is no review).
         reviewer: the last reviewer to change the review; empty when unread.
+        lung_evidence: the share of the positive class's positive evidence inside the lungs;
+            None when not scored or served without a lung segmenter.
+        quality: the caution of a flagged image whose evidence lies outside the lungs, else "".
     """
 
     key: str
@@ -76,6 +80,8 @@ class WorkItem:
     error: str
     status: Status
     reviewer: str
+    lung_evidence: float | None = None
+    quality: str = ""
 
 
 def file_key(path: str | Path) -> str:
@@ -136,7 +142,7 @@ def check_pixels(path: str | Path, limits: Limits) -> None:
                                     f"{limits.max_pixels:,}; reduce it or score it with `medcam score`")
 
 
-def load_prediction(path: str | Path, classifier: Classifier, limits: Limits, *, method: str = "cam") -> Prediction:
+def load_prediction(path: str | Path, classifier: ServedModel, limits: Limits, *, method: str = "cam") -> Prediction:
     """Check the limits, load the image and classify it, its maps made by ``method``.
 
     Raises:
@@ -258,9 +264,11 @@ class Worklist:
             self._keys[memo] = file_key(path)
         return self._keys[memo]
 
-    def unscored(self, model_id: str, files: Sequence[tuple[Path, Source]]) -> list[tuple[Path, str]]:
-        """``(path, key)`` of the files with no cached score for ``model_id``."""
-        cached = self.store.cached_scores(model_id)
+    def unscored(self, model_id: str, files: Sequence[tuple[Path, Source]], *,
+                 segmenter: str | None = None) -> list[tuple[Path, str]]:
+        """``(path, key)`` of the files with no cached score for ``model_id`` (and, when given, the
+        lung segmenter id ``segmenter``, "" for none)."""
+        cached = self.store.cached_scores(model_id, segmenter=segmenter)
         out: list[tuple[Path, str]] = []
         seen: set[str] = set()
         for path, _ in files:
@@ -270,22 +278,22 @@ class Worklist:
                 out.append((path, key))
         return out
 
-    def score(self, classifier: Classifier, pending: Sequence[tuple[Path, str]],
+    def score(self, classifier: ServedModel, pending: Sequence[tuple[Path, str]],
               progress: Callable[[int, int, str], None] | None = None, *, chunk: int = 8) -> None:
         """Score ``pending`` files with the batch pipeline (:func:`medcam.scoring.score`: the same
-        decoding, intended-use gate and rows as ``medcam score``) and cache each result, or the
-        reason there is none: an image outside the model's intended use is cached as
-        "not analysed: <reason>", with no probability."""
+        decoding, intended-use gate and rows as ``medcam score``) and cache each result with its
+        ``lung_evidence``, ``quality`` and segmenter, or the reason there is none: an image outside
+        the model's intended use is cached as "not analysed: <reason>", with no probability."""
         from medcam.scoring import ScoreOptions, read_results, score
 
-        model_id = classifier.checkpoint.model_id
+        model_id, segmenter = classifier.checkpoint.model_id, classifier.segmenter_id
         allowed: list[tuple[Path, str]] = []
         for path, key in pending:
             try:
                 check_pixels(path, self.limits)
             except MedcamError as err:
                 self.store.save_score(key, model_id, error=err.reason if isinstance(err, UnsupportedInputError)
-                                      else str(err))
+                                      else str(err), segmenter=segmenter)
                 continue
             allowed.append((path, key))
         with tempfile.TemporaryDirectory(prefix="medcam-review-") as folder:
@@ -300,19 +308,22 @@ class Worklist:
                 for path, key in part:
                     row = rows.get(os.path.abspath(path))
                     if row is None:
-                        self.store.save_score(key, model_id, error="not scored (no result row)")
+                        self.store.save_score(key, model_id, error="not scored (no result row)", segmenter=segmenter)
                     elif row["status"] == "ok":
+                        evidence = row["lung_evidence"]
                         self.store.save_score(key, model_id, probabilities={
-                            c: float(row[f"prob_{c}"]) for c in classifier.classes})
+                            c: float(row[f"prob_{c}"]) for c in classifier.classes},
+                            lung_evidence=float(evidence) if evidence else None, quality=row["quality"],
+                            segmenter=segmenter)
                     else:
                         prefix = "not analysed: " if row["status"] == "not_analysed" else ""
-                        self.store.save_score(key, model_id, error=prefix + row["reason"])
+                        self.store.save_score(key, model_id, error=prefix + row["reason"], segmenter=segmenter)
 
-    def items(self, classifier: Classifier, files: Sequence[tuple[Path, Source]] | None = None) -> list[WorkItem]:
+    def items(self, classifier: ServedModel, files: Sequence[tuple[Path, Source]] | None = None) -> list[WorkItem]:
         """One :class:`WorkItem` per distinct file content, with cached scores and statuses."""
         ckpt = classifier.checkpoint
         files = self.files() if files is None else files
-        cached = self.store.cached_scores(ckpt.model_id)
+        cached = self.store.cached_scores(ckpt.model_id, segmenter=classifier.segmenter_id)
         reviews = {r.image_key: r for r in self.store.reviews()}
         items: dict[str, WorkItem] = {}
         for path, source in files:
@@ -327,5 +338,6 @@ class Worklist:
                 key=key, path=str(path), name=name, source=source, probability=probability,
                 flagged=None if probability is None else probability >= ckpt.threshold,
                 error=score.error if score else "not scored yet",
-                status=review.status if review else "unread", reviewer=review.reviewer if review else "")
+                status=review.status if review else "unread", reviewer=review.reviewer if review else "",
+                lung_evidence=score.lung_evidence if score else None, quality=score.quality if score else "")
         return triage_order(items.values())

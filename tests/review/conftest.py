@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from medcam.models import Classifier
+from medcam.gate import ServedModel
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_DATA = REPO / "sample_data"
@@ -17,8 +17,8 @@ SPACING_MM = 0.175
 
 
 @pytest.fixture(scope="session")
-def tiny_classifier(tiny_checkpoint: Path) -> Classifier:
-    return Classifier(str(tiny_checkpoint))
+def tiny_classifier(tiny_checkpoint: Path) -> ServedModel:
+    return ServedModel(str(tiny_checkpoint))
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from medcam.models.checkpoint import resave_checkpoint
+from medcam.models.lungs import load_segmenter
+from medcam.models.predictor import EVIDENCE_KEY
+from medcam.review import display
 from medcam.review.launcher import ReviewConfig
 from medcam.review.store import ReviewStore
 
@@ -176,3 +180,60 @@ def test_bad_uploads_are_refused_and_the_app_stays_usable(start: Callable[[], Ap
     assert sorted(p.name.split("-", 1)[1] for p in config.uploads.iterdir()) == ["good.png"]
     _choose(at, "chest_pa.dcm")
     assert _overlay(at).alt.startswith("overlay chest_pa.dcm ")
+
+
+@pytest.fixture()
+def cautious_model(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """The tiny model, flagging at p >= 0.1, with a lung_evidence threshold of 0.99 for the bundled
+    segmenter: every flagged image whose evidence is not all inside the lungs carries the caution."""
+    out = tmp_path / "cautious.pt"
+    resave_checkpoint(tiny_checkpoint, out=out, threshold=0.1, updates={EVIDENCE_KEY: {
+        "threshold": 0.99, "rule": "test", "segmenter": load_segmenter().segmenter_id}})
+    return out
+
+
+def test_lung_outline_toggle_and_the_caution(tmp_path: Path, review_folder: Path, cautious_model: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    pictures: list[np.ndarray] = []
+    render = display.render
+
+    def recording(*args: object, **kwargs: object) -> np.ndarray:
+        pictures.append(render(*args, **kwargs))  # type: ignore[arg-type]
+        return pictures[-1]
+
+    monkeypatch.setattr(display, "render", recording)
+    config = ReviewConfig(folder=review_folder, db=tmp_path / "reviews" / "review.db", model=str(cautious_model))
+    for name, value in config.to_env().items():
+        monkeypatch.setenv(name, value)
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    assert table["caution"].str.startswith("evidence outside the lungs (lung_evidence ").all()
+    at.sidebar.text_input(key="reviewer").input(REVIEWER)
+    _choose(at, "chest_pa.dcm")
+    (caution,) = [w.value for w in at.warning if "Caution" in w.value]
+    assert "evidence outside the lungs (lung_evidence " in caution and "< 0.99" in caution
+    assert "lung evidence 0." in _texts(at)
+    toggle = at.toggle(key="show_lungs")
+    assert toggle.label == "Lung outline" and not toggle.disabled and toggle.value is False
+    before = pictures[-1]
+    assert not np.all(before == display.LUNG_COLOUR, axis=-1).any()
+    toggle.set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    after = pictures[-1]
+    outline = np.all(after == display.LUNG_COLOUR, axis=-1)
+    assert outline.sum() > 100 and "lung outline" in _overlay(at).caption
+    np.testing.assert_array_equal(after[~outline], before[~outline])  # only the outline is added
+    store = ReviewStore(config.db)
+    (review,) = store.reviews()
+    assert review.quality.startswith("evidence outside the lungs") and review.segmenter.startswith("lungunet-")
+    assert review.lung_evidence is not None and "quality" in store.reviews_csv().splitlines()[0]
+
+    monkeypatch.setenv("MEDCAM_REVIEW_SEGMENTER", "none")  # served without a segmenter: no outline, no caution
+    bare = AppTest.from_file(str(APP), default_timeout=180)
+    bare.run()
+    _choose(bare, "chest_pa.dcm")
+    assert bare.toggle(key="show_lungs").disabled
+    assert not [w for w in bare.warning if "Caution" in w.value] and "lung evidence 0." not in _texts(bare)
+    assert any("no lung segmenter" in c.value for c in bare.sidebar.caption)

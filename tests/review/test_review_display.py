@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from medcam.export.contours import mask_polygons
 from medcam.regions import regions_from_map
 from medcam.review.display import (
     DECISION_COLOURS,
+    LUNG_COLOUR,
     PRESETS,
     View,
     apply_window,
@@ -93,6 +95,27 @@ def test_outline_lands_on_the_region_when_zoomed() -> None:
     assert (col0 + cols.max() / scale) == pytest.approx(120, abs=2)
 
 
+def test_lung_outline_is_drawn_beneath_the_regions_where_the_lungs_end() -> None:
+    regions, _ = _regions()
+    lungs = np.zeros((400, 300), bool)
+    lungs[20:380, 20:140] = True  # two lung fields
+    lungs[20:380, 160:280] = True
+    polygons = mask_polygons(lungs)
+    assert len(polygons) == 2
+    pixels = np.full((1, 400, 300), 0.5, np.float32)
+    view = View(max_side=400)
+    without = render(pixels, None, regions.regions, view)
+    shown = render(pixels, None, regions.regions, view, lungs=polygons)
+    magenta = np.all(shown == LUNG_COLOUR, axis=-1)
+    assert not np.all(without == LUNG_COLOUR, axis=-1).any()
+    boundary = lungs & ~np.pad(lungs[1:-1, 1:-1] & lungs[:-2, 1:-1] & lungs[2:, 1:-1] & lungs[1:-1, :-2]
+                               & lungs[1:-1, 2:], 1)
+    assert magenta[boundary].mean() > 0.95 and magenta.sum() < 2 * boundary.sum()  # on the edge, nowhere else
+    np.testing.assert_array_equal(shown[~magenta], without[~magenta])  # nothing else changes
+    with pytest.raises(ValueError, match="mask must be 2D"):
+        mask_polygons(lungs[None])
+
+
 def test_region_rows_in_mm_and_in_pixels() -> None:
     regions, _ = _regions()
     first = region_rows(regions.regions, {1: "accept"})[0]
@@ -107,3 +130,4 @@ def test_region_rows_in_mm_and_in_pixels() -> None:
 def test_encode_png_is_lossless() -> None:
     rgb = np.random.default_rng(0).integers(0, 255, (30, 20, 3), dtype=np.uint8)
     assert np.array_equal(np.asarray(PILImage.open(io.BytesIO(encode_png(rgb)))), rgb)
+    assert PILImage.open(io.BytesIO(encode_png(rgb))).info["Software"] == "medcam"  # refused if uploaded again

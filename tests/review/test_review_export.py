@@ -11,14 +11,15 @@ import pydicom
 import pytest
 
 from medcam.export import export_regions
+from medcam.gate import ServedModel
 from medcam.io import load_image
-from medcam.models import Classifier, Prediction
+from medcam.models import Prediction
 from medcam.regions import RegionOptions, find_regions, regions_from_map
 from medcam.review.export import accepted_regions, export_accepted, export_folder, zip_files
 
 
 @pytest.fixture(scope="module")
-def prediction(tiny_classifier: Classifier, chest_dicom: Path) -> Prediction:
+def prediction(tiny_classifier: ServedModel, chest_dicom: Path) -> Prediction:
     return tiny_classifier.classify([load_image(chest_dicom)])[0]
 
 
@@ -58,7 +59,7 @@ def test_export_writes_a_seg_of_the_accepted_regions_only(prediction: Prediction
     assert again != folder  # a later export never overwrites an earlier one
 
 
-def test_a_png_source_gets_no_seg(tiny_classifier: Classifier, tmp_path: Path) -> None:
+def test_a_png_source_gets_no_seg(tiny_classifier: ServedModel, tmp_path: Path) -> None:
     png = Path(__file__).resolve().parents[2] / "sample_data" / "png" / "RG1.png"
     pred = tiny_classifier.classify([load_image(png)])[0]
     regions = find_regions(pred, "PNEUMONIA", RegionOptions(value=0.3))

@@ -39,6 +39,10 @@ def test_streamlit_command_binds_loopback_and_passes_the_settings(tmp_path: Path
     assert _flag(argv, "--server.maxUploadSize") == "20"
     assert ReviewConfig.from_env(env) == ReviewConfig(folder=tmp_path.resolve(), db=(tmp_path / "r.db").resolve(),
                                                      model="m.pt", limits=config.limits)
+    bare = ReviewConfig(folder=None, db=tmp_path / "r.db", segmenter="None")
+    assert ReviewConfig.from_env(streamlit_command(bare)[1]).segmenter == "None"
+    assert (bare.served_segmenter, config.served_segmenter) == (None, "bundled")
+    assert ReviewConfig(folder=None, db=tmp_path / "r.db", segmenter="seg.pt").served_segmenter == "seg.pt"
     assert _flag(streamlit_command(config, host="0.0.0.0")[0], "--server.address") == "0.0.0.0"
     with pytest.raises(ConfigError, match="--port must be between 1 and 65535, got 70000"):
         streamlit_command(config, port=70000)
@@ -48,6 +52,7 @@ def test_config_defaults_and_errors(tmp_path: Path) -> None:
     assert default_db(tmp_path) == tmp_path / ".medcam-review" / "review.db"
     config = ReviewConfig.from_env({"MEDCAM_REVIEW_DIR": str(tmp_path)})
     assert (config.db, config.model, config.limits) == (default_db(tmp_path), "bundled", Limits())
+    assert config.segmenter == "bundled"
     assert config.uploads == tmp_path / ".medcam-review" / "review.db.files" / "uploads"
     assert ReviewConfig.from_env({}).folder is None
     with pytest.raises(ConfigError, match="MEDCAM_REVIEW_MAX_PIXELS must be a whole number, got 'lots'"):
@@ -78,8 +83,10 @@ def test_cli_maps_flags_onto_the_config(monkeypatch: pytest.MonkeyPatch, tmp_pat
     config = seen["config"]
     assert (config.folder, config.db, config.model) == (tmp_path, default_db(tmp_path), "x.pt")
     assert config.limits == Limits(max_bytes=5 * 2**20, max_pixels=40_000_000)
-    assert main(["review", "--db", str(tmp_path / "x.db"), "--host", "::1"]) == 0
+    assert config.segmenter == "bundled"
+    assert main(["review", "--db", str(tmp_path / "x.db"), "--host", "::1", "--segmenter", "none"]) == 0
     assert (seen["config"].folder, seen["config"].db, seen["host"]) == (None, tmp_path / "x.db", "::1")
+    assert seen["config"].served_segmenter is None
 
 
 def test_launch_checks_everything_before_starting_the_server(
@@ -98,10 +105,17 @@ def test_launch_checks_everything_before_starting_the_server(
     assert ReviewStore(config.db).schema_version >= 1  # created before the server starts
     out = capsys.readouterr()
     assert "UNTRAINED PLACEHOLDER" in out.out and "http://0.0.0.0:8124" in out.out
+    assert "lung segmenter lungunet-" in out.out
     assert "no login" in out.err  # a non-loopback address is warned about
     with pytest.raises(CheckpointError):
         launcher.launch(ReviewConfig(folder=tmp_path, db=tmp_path / "r.db", model=str(tmp_path / "none.pt")))
+    with pytest.raises(CheckpointError):  # a missing segmenter is found before the server starts
+        launcher.launch(ReviewConfig(folder=tmp_path, db=tmp_path / "r.db", model=str(tiny_checkpoint),
+                                     segmenter=str(tmp_path / "lungs.pt")))
     assert len(calls) == 1
+    assert launcher.launch(ReviewConfig(folder=tmp_path, db=tmp_path / "r.db", model=str(tiny_checkpoint),
+                                        segmenter="none")) == 0
+    assert "no lung segmenter" in capsys.readouterr().out and calls[-1][1]["MEDCAM_REVIEW_SEGMENTER"] == "none"
     assert main(["review", str(tmp_path / "missing")]) == 1  # refused with a message, no traceback
     assert "does not exist" in capsys.readouterr().err
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from medcam.review.store import SCHEMA_VERSION, ImageRef, ReviewStore, StoreError
+from medcam.review.store import MIGRATIONS, SCHEMA_VERSION, ImageRef, ReviewStore, StoreError
 
 IMAGE = ImageRef("a" * 64, "chest.dcm", "/data/chest.dcm")
 OTHER = ImageRef("b" * 64, "other.png", "/data/other.png")
@@ -30,6 +30,53 @@ def test_new_database_is_migrated_in_wal_mode(tmp_path: Path) -> None:
     ReviewStore(store.path)  # reopening applies nothing twice
     with sqlite3.connect(store.path) as con:
         assert con.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_version_1_database_gains_the_lung_columns(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as con:  # a database as medcam wrote it before the lung segmenter
+        con.executescript(MIGRATIONS[0])
+        con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        con.execute("INSERT INTO schema_version VALUES (1, 'then')")
+        con.execute("INSERT INTO reviews (image_key, name, path, status, reviewer, model_id, probability, created_at, "
+                    "updated_at) VALUES (?, 'chest.dcm', '/data/chest.dcm', 'reviewed', 'Dr A', 'm1', 0.8, 't', 't')",
+                    (IMAGE.key,))
+        con.execute("INSERT INTO scores VALUES (?, 'm1', '{\"PNEUMONIA\": 0.8}', '', 't')", (IMAGE.key,))
+    store = ReviewStore(path)
+    assert store.schema_version == SCHEMA_VERSION == 2
+    review = store.review(IMAGE.key)
+    assert review is not None and (review.status, review.probability) == ("reviewed", 0.8)
+    assert (review.lung_evidence, review.quality, review.segmenter) == (None, "", "")
+    (old,) = store.cached_scores("m1").values()
+    assert (old.probabilities, old.lung_evidence, old.quality, old.segmenter) == ({"PNEUMONIA": 0.8}, None, "", "")
+    assert store.cached_scores("m1", segmenter="lungunet-x") == {}  # scored again by a segmenter
+
+
+def test_the_lung_columns_round_trip(tmp_path: Path) -> None:
+    store = ReviewStore(tmp_path / "review.db")
+    caution = "evidence outside the lungs (lung_evidence 0.41 < 0.50)"
+    assert store.open_review(IMAGE, "Dr A", model_id="m1", probability=0.9, lung_evidence=0.41, quality=caution,
+                             segmenter="lungunet-x")
+    store.open_review(OTHER, "Dr A", model_id="m1", probability=0.2)
+    review = store.review(IMAGE.key)
+    assert review is not None and (review.lung_evidence, review.quality, review.segmenter) == (
+        0.41, caution, "lungunet-x")
+    other = store.review(OTHER.key)
+    assert other is not None and (other.lung_evidence, other.quality, other.segmenter) == (None, "", "")
+    rows = {r["name"]: r for r in csv.DictReader(io.StringIO(store.reviews_csv()))}
+    assert (rows["chest.dcm"]["lung_evidence"], rows["chest.dcm"]["quality"]) == ("0.410000", caution)
+    assert rows["chest.dcm"]["segmenter"] == "lungunet-x" and rows["other.png"]["lung_evidence"] == ""
+
+    store.save_score(IMAGE.key, "m1", probabilities={"PNEUMONIA": 0.9}, lung_evidence=0.41, quality=caution,
+                     segmenter="lungunet-x")
+    store.save_score(OTHER.key, "m1", probabilities={"PNEUMONIA": 0.2})
+    scores = ReviewStore(store.path).cached_scores("m1")
+    assert (scores[IMAGE.key].lung_evidence, scores[IMAGE.key].quality, scores[IMAGE.key].segmenter) == (
+        0.41, caution, "lungunet-x")
+    assert set(store.cached_scores("m1", segmenter="lungunet-x")) == {IMAGE.key}
+    assert set(store.cached_scores("m1", segmenter="")) == {OTHER.key}  # served without a segmenter
+    store.save_score(IMAGE.key, "m1", probabilities={"PNEUMONIA": 0.9}, segmenter="")  # another segmenter replaces
+    assert store.cached_scores("m1", segmenter="lungunet-x") == {}
 
 
 def test_newer_schema_and_non_database_are_refused(tmp_path: Path) -> None:

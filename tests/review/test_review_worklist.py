@@ -14,13 +14,13 @@ from PIL import Image as PILImage
 from pydicom.data import get_testdata_file
 
 from medcam.errors import ConfigError, UnsupportedInputError
-from medcam.models import Classifier
+from medcam.gate import ServedModel
 from medcam.review.store import ImageRef, ReviewStore
 from medcam.review.worklist import Limits, WorkItem, Worklist, file_key, image_pixels, save_upload, select
 
 
 @pytest.fixture()
-def classifier(tiny_classifier: Classifier) -> Classifier:
+def classifier(tiny_classifier: ServedModel) -> ServedModel:
     return tiny_classifier
 
 
@@ -113,7 +113,7 @@ def test_image_pixels_reads_headers(rg1_dicom: Path) -> None:
     assert image_pixels(nifti) == 488 * 460
 
 
-def test_worklist_scores_once_and_caches(tmp_path: Path, review_folder: Path, classifier: Classifier) -> None:
+def test_worklist_scores_once_and_caches(tmp_path: Path, review_folder: Path, classifier: ServedModel) -> None:
     shutil.copy(review_folder / "chest.png", review_folder / "copy_of_chest.png")  # same bytes: one item
     sr = review_folder / "report.dcm"
     sr.write_bytes(Path(str(get_testdata_file("test-SR.dcm"))).read_bytes())
@@ -133,13 +133,20 @@ def test_worklist_scores_once_and_caches(tmp_path: Path, review_folder: Path, cl
     chest = items["chest_pa.dcm"]
     assert chest.probability is not None and 0 < chest.probability < 1 and chest.error == ""
     assert chest.flagged == (chest.probability >= classifier.checkpoint.threshold)
+    assert chest.lung_evidence is not None and 0 <= chest.lung_evidence <= 1  # the bundled segmenter's share
+    assert chest.quality == ""  # the tiny model sets no lung_evidence threshold
+    cached = store.cached_scores(classifier.checkpoint.model_id)
+    assert {c.segmenter for c in cached.values()} == {classifier.segmenter_id}
+    assert cached[chest.key].lung_evidence == chest.lung_evidence
+    assert classifier.segmenter_id.startswith("lungunet-")
+    assert len(worklist.unscored(classifier.checkpoint.model_id, files, segmenter="")) == 3  # none: scored again
     assert all(i.status == "unread" for i in items.values())
     store.open_review(ImageRef(chest.key, chest.name, chest.path), "Dr A")
     assert {i.name: i.status for i in worklist.items(classifier, files)}["chest_pa.dcm"] == "in review"
     assert [i.name for i in worklist.items(classifier, files)][-1] == "report.dcm"  # refused files last
 
 
-def test_pixel_limit_applies_to_folder_images(tmp_path: Path, review_folder: Path, classifier: Classifier) -> None:
+def test_pixel_limit_applies_to_folder_images(tmp_path: Path, review_folder: Path, classifier: ServedModel) -> None:
     store = ReviewStore(tmp_path / "r.db")
     worklist = Worklist(review_folder, tmp_path / "uploads", store, Limits(max_pixels=1_000_000))
     files = worklist.files()
@@ -150,7 +157,7 @@ def test_pixel_limit_applies_to_folder_images(tmp_path: Path, review_folder: Pat
 
 
 def test_uploads_join_the_worklist_without_their_hash_prefix(tmp_path: Path, review_folder: Path,
-                                                              classifier: Classifier) -> None:
+                                                              classifier: ServedModel) -> None:
     uploads = tmp_path / "uploads"
     PILImage.open(review_folder / "chest.png").rotate(90, expand=True).save(tmp_path / "rotated.png")
     save_upload("rotated.png", (tmp_path / "rotated.png").read_bytes(), uploads, Limits())
