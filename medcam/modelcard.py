@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medcam.models.checkpoint import Checkpoint
+from medcam.models.lungs import LungSegmenter
 
 __all__ = ["render_model_card"]
 
@@ -29,6 +30,11 @@ SOURCES = {
              "reports by NLP and are noisy; view and label are confounded (normals mostly AP, pneumonia mostly "
              "PA), so results are reported within each view too.",
 }
+
+
+LUNG_SOURCES = ("Jaeger et al., Quant Imaging Med Surg 2014: Montgomery County, USA, and Shenzhen No. 3 People's "
+                "Hospital, China, tuberculosis screening; Shenzhen masks by Stirenko et al. 2018, CC BY-NC-SA 4.0; "
+                "adults and a few children, PA films, 256x256 8-bit copies")
 
 
 def _ci(m: Mapping[str, Any], key: str) -> str:
@@ -88,12 +94,14 @@ def _calibration(ckpt: Checkpoint) -> str:
             f" and threshold {float(replaced.get('threshold', 0)):.3f}.")
 
 
-def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *, notes: str = "") -> str:
+def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *, notes: str = "",
+                      segmenter: LungSegmenter | None = None) -> str:
     """The model card of ``ckpt`` as markdown.
 
     Args:
         evaluations: split name -> folder holding the ``metrics.json`` of ``medcam evaluate``.
         notes: reviewer observations (markdown), included verbatim.
+        segmenter: the lung segmenter served with it, described in a section of its own.
     """
     meta = ckpt.metadata
     data = meta.get("data", {})
@@ -201,6 +209,49 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
         "- Not for clinical use.",
         "",
     ]
+    if segmenter is not None:
+        lines += _segmenter_section(segmenter, ckpt)
     if notes:
         lines += [notes.strip(), ""]
     return "\n".join(lines)
+
+
+def _segmenter_section(segmenter: LungSegmenter, ckpt: Checkpoint) -> list[str]:
+    """The lung segmenter: data, training, Dice per source, and the lung gate set with it."""
+    meta = segmenter.metadata
+    data, training, scores = meta.get("data", {}), meta.get("training", {}), meta.get("dice", {})
+    net = segmenter.config
+    lines = [
+        f"## Lung segmenter: {segmenter.segmenter_id}",
+        "",
+        f"- MONAI `UNet`, channels {'-'.join(map(str, net.channels))}, {net.num_res_units} residual unit(s) per "
+        f"level, {net.size}x{net.size} input (the classifier's input resampled and standardised again), one "
+        "sigmoid output per pixel; thresholded at 0.5. Runs on the classifier's batch in the same call, and its "
+        "mask goes back to the source pixels with the classifier's grid transform.",
+        f"- Data: {', '.join(data.get('sources', []))} films with manual lung-field masks ({LUNG_SOURCES}), one "
+        f"film per patient, split 70/15/15 by patient within each source: train {data.get('n_train', '?')}, "
+        f"validation {data.get('n_val', '?')}, test {data.get('n_test', '?')}.",
+        f"- `medcam train-lungs --config configs/lungs.yaml`: {training.get('epochs', '?')} epochs, batch "
+        f"{training.get('batch_size', '?')}, AdamW with a one-cycle schedule to lr {training.get('lr', '?')}, "
+        "loss binary cross-entropy + soft Dice; augmentation: rotation +-12 degrees, zoom 0.75-1.3 (black "
+        "borders), aspect 0.85-1.18, mirror images, gamma, contrast, noise; the epoch with the best validation "
+        f"Dice kept (epoch {meta.get('best_epoch', '?')}).",
+        "",
+        "| split | source | n | mean Dice | median | 5th percentile | lowest |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for split, by_source in scores.items():
+        for source, m in by_source.items():
+            lines.append(f"| {split} | {source} | {m['n']} | {m['mean']:.3f} | {m['median']:.3f} | {m['p05']:.3f} | "
+                         f"{m['min']:.3f} |")
+    lines += ["", "Dice at the masks' 256 px (`python -m pytest tests/test_lungs.py -k dice` checks the test split).",
+              ""]
+    view, evidence = ckpt.metadata.get("view_check"), ckpt.metadata.get("lung_evidence")
+    if view:
+        lines += [f"- Frontal-view check (images whose tags do not name the view): the measures "
+                  f"{', '.join(view['measures'])} against each frontal population's, set on "
+                  f"{view.get('fitted_on', '?')}."]
+    if evidence:
+        lines += [f"- `quality` caution below lung_evidence {float(evidence['threshold']):.3f}: "
+                  f"{evidence.get('rule', '')}."]
+    return [*lines, ""]
