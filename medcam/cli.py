@@ -208,6 +208,19 @@ def _review(args: argparse.Namespace) -> int:
     return launch(config, host=args.host, port=args.port)
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    from medcam.monitor import MonitorOptions, monitor, print_result
+
+    options = MonitorOptions(inputs=tuple(args.results), out=Path(args.out), reference=tuple(args.reference),
+                             baseline_periods=args.baseline_periods, since=args.since, period=args.period, by=args.by,
+                             by_study_date=args.by_study_date, reviews=Path(args.reviews) if args.reviews else None,
+                             model=args.model, on_alarm=args.on_alarm,
+                             command=shlex.join(["medcam", *sys.argv[1:]]))
+    result = monitor(options)
+    print_result(result)
+    return result.exit_status
+
+
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="bundled", help="checkpoint path, or 'bundled' (default)")
 
@@ -329,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regions", metavar="DIR",
                    help="also export the pneumonia regions of every flagged image here (as medcam export does)")
     p.add_argument("--formats", default="seg,sc,sr,nifti,png,json",
-                   help="formats of --regions, from seg,sc,sr,gsps,nifti,png,json,csv "
+                   help="formats of --regions, from seg,sc,sr,gsps,nifti,png,json,csv,lungs "
                         "(default: seg,sc,sr,nifti,png,json)")
     p.add_argument("--class", dest="cam_class", help="class whose map is overlaid and gives the regions, any case "
                    "(default: the positive class)")
@@ -407,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="cam_class", help="class whose map gives the regions, any case "
                    "(default: the positive class)")
     p.add_argument("--formats", default="all",
-                   help="comma-separated: seg,sc,sr,gsps,nifti,png,json,csv (default: all)")
+                   help="comma-separated: seg,sc,sr,gsps,nifti,png,json,csv,lungs (default: all)")
     _add_regions(p)
     _add_gate(p)
     _add_display(p)
@@ -465,7 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-age", type=float, help="youngest patient, years")
     p.add_argument("--max-age", type=float, help="oldest patient, years")
     p.add_argument("--min-size", type=int, help="smallest rows and columns, pixels")
-    p.add_argument("--allow-secondary-capture", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--allow-secondary-capture", action=argparse.BooleanOptionalAction, default=None,
+                   help="research only: also accept Secondary Captures that are not plain greyscale captures of a "
+                        "chest radiograph (OT screenshots, scans, derived or annotated images); captures of CR/DX "
+                        "chest films are accepted either way")
     p.add_argument("--out", help="the checkpoint to write when changing values")
     p.set_defaults(func=_intended_use)
 
@@ -493,6 +509,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="largest image in pixels, folder or upload (default: 40000000)")
     p.set_defaults(func=_review)
+
+    p = sub.add_parser("monitor", help="watch a deployed model over time: flag rate, drift, data quality, alarms",
+                       description="Read results files (medcam score's, or a node's spool; folders recursively) and "
+                       "write DIR/report.html (self-contained) and DIR/summary.json: volume and status per period, "
+                       "the flag rate against 3-sigma p-chart limits and a CUSUM (k 0.5, h 5), the probability and "
+                       "OOD-score distributions against the reference (PSI, Kolmogorov-Smirnov), per group with --by. "
+                       "Alarms are judged on the latest complete period. Exit status: 4 an alarm (each named in the "
+                       "last line), 3 an input could not be read, 0 no alarm, 1 bad arguments, no readable rows or "
+                       "nothing to judge.")
+    p.add_argument("results", nargs="+", metavar="RESULTS", help="results CSVs or folders (e.g. SPOOL/results)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for report.html and summary.json")
+    p.add_argument("--reference", nargs="+", default=[], metavar="BASELINE",
+                   help="results of a baseline period (default: the first --baseline-periods periods of RESULTS)")
+    p.add_argument("--baseline-periods", type=int, default=2, metavar="K",
+                   help="without --reference, the first K periods with rows are the reference (default: 2)")
+    p.add_argument("--since", metavar="DATE", help="leave out rows before this day (YYYY-MM-DD)")
+    p.add_argument("--period", choices=["day", "week"], default="day", help="period length (default: day, UTC)")
+    p.add_argument("--by", choices=["manufacturer", "station_name", "view_position"],
+                   help="also compare the score distributions per value of this header column")
+    p.add_argument("--by-study-date", action="store_true",
+                   help="periods from the DICOM Study Date instead of the time the row was scored")
+    p.add_argument("--reviews", metavar="DB", help="the reviewer app's database: accepted/rejected findings per period")
+    p.add_argument("--model", metavar="M", help="only rows of this model: a checkpoint (path or 'bundled', whose "
+                   "validation flag rate is shown for comparison) or a model id")
+    p.add_argument("--on-alarm", metavar="CMD", help="on an alarm, run CMD (no shell) with summary.json's path as its "
+                   "last argument, e.g. 'logger -t medcam-monitor -f'")
+    p.set_defaults(func=_monitor)
     return parser
 
 

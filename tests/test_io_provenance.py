@@ -17,7 +17,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from medcam.errors import UnsupportedInputError
 from medcam.export.png import save_png
 from medcam.io import load_image, read_dataset, read_dicom
-from medcam.io.provenance import PNG_TEXT, own_dicom, own_png
+from medcam.io.provenance import PNG_TEXT, own_dicom, own_nifti, own_png
 from tests.conftest import testdata_path as _testdata
 
 
@@ -94,3 +94,13 @@ def test_a_matplotlib_figure_saved_with_medcams_text_is_refused(tmp_path: Path) 
     plt.close(fig)
     with pytest.raises(UnsupportedInputError, match="PNG Software=medcam"):
         load_image(path)
+
+
+def test_nifti_written_by_medcam_is_refused_and_other_nifti_is_read(sample_data: Path, tmp_path: Path) -> None:
+    from medcam.export.nifti import write_nifti
+
+    source = load_image(sample_data / "nifti" / "RG1.nii.gz")  # its description starts "medcam sample": read
+    written = write_nifti(tmp_path / "map.nii.gz", source, source.pixels, description="medcam CAM test")
+    assert own_nifti(b"medcam output: CAM") and not own_nifti(b"medcam sample: RG1") and not own_nifti(b"")
+    with pytest.raises(UnsupportedInputError, match=r"medcam's own output \(NIfTI description"):
+        load_image(written)

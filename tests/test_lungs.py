@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from medcam.errors import CheckpointError
+from medcam.errors import CheckpointError, ConfigError
 from medcam.gate import ServedModel
 from medcam.io import Image, load_image
 from medcam.models.lungs import (
@@ -166,15 +166,54 @@ def test_gate_data_fitted_with_another_segmenter_is_refused(tiny_checkpoint: Pat
     check = ViewCheck((population,), segmenter="lungunet-000000000000")
     with_view = tmp_path / "view.pt"
     update_checkpoint(tiny_checkpoint, {"view_check": check.to_metadata()}, out=with_view)
-    with pytest.raises(CheckpointError, match="fitted with the lung segmenter lungunet-000000000000"):
+    with pytest.raises(CheckpointError, match="view check was set with the lung segmenter lungunet-000000000000"):
         ServedModel(str(with_view))
     assert ServedModel(str(with_view), segmenter=None).view_check is None  # no segmenter, no check
     with_evidence = tmp_path / "evidence.pt"
     update_checkpoint(tiny_checkpoint, {EVIDENCE_KEY: {"threshold": 0.3, "segmenter": "lungunet-0"}}, out=with_evidence)
-    with pytest.raises(CheckpointError, match="threshold was set with the lung segmenter lungunet-0"):
+    with pytest.raises(CheckpointError, match=r"set with the lung segmenter lungunet-0, not lungunet-.*fit-lung-gate"):
         ServedModel(str(with_evidence))
 
 
 def test_an_image_without_a_segmenter_has_no_mask(tiny_checkpoint: Path, rg1: Image) -> None:
     prediction = ServedModel(str(tiny_checkpoint), segmenter=None).classify([rg1])[0]
     assert prediction.lungs is None and prediction.lung_evidence is None and prediction.quality == ""
+
+
+@pytest.mark.slow
+def test_the_served_mask_matches_the_manual_mask_on_the_source_grid_of_a_cropped_film(
+        served: ServedModel, tmp_path: Path) -> None:
+    """Held-out films through the pipeline as served (prepare, grid transform back): cropped to a
+    non-square window, the mask on the crop's own pixels still matches the manual mask."""
+    if not SHARED_LUNGS.is_file():
+        pytest.skip(f"{SHARED_LUNGS} is absent (../shared is not checked out here)")
+    _, _, test = split_lung_samples(read_lung_samples(SHARED_LUNGS), seed=0)
+    scores = []
+    for sample in test[:6]:
+        film = np.asarray(PILImage.open(sample.image).convert("L"))[16:240, 40:216]   # 224 x 176
+        manual = np.asarray(PILImage.open(sample.mask).convert("L"))[16:240, 40:216] >= 128
+        path = tmp_path / f"{Path(sample.image).stem}.png"
+        PILImage.fromarray(film).save(path)
+        lungs = served.classify([load_image(path)])[0].lungs
+        assert lungs is not None and tuple(lungs.shape) == manual.shape
+        found = lungs.numpy()
+        scores.append(2 * (found & manual).sum() / (found.sum() + manual.sum()))
+    assert np.median(scores) >= 0.9, scores
+
+
+def test_the_evidence_threshold_weighs_each_population_the_same() -> None:
+    from medcam.data import Sample
+    from medcam.training.lung_gate import Measured, evidence_threshold
+
+    def films(population: str, shares: list[float]) -> list[Measured]:
+        return [Measured(Sample(f"{population}{i}", 1, f"{population}{i}", population), np.zeros(5), s, True)
+                for i, s in enumerate(shares)]
+
+    big = films("big", [0.5] * 90)                      # 90 films at 0.5
+    small = films("small", [0.1 * i for i in range(10)])  # 10 films at 0.0 ... 0.9
+    unflagged = [Measured(Sample("x", 1, "x", "big"), np.zeros(5), 0.0, False)]
+    # weighed the same, the small population's lowest 10% carry 5% of the weight: its lowest film
+    assert evidence_threshold(big + small + unflagged, quantile=0.05) == pytest.approx(0.0)
+    assert evidence_threshold(big + small, quantile=0.3) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match=r"val\.csv: no flagged pneumonia film"):
+        evidence_threshold(unflagged, where="val.csv")

@@ -55,7 +55,7 @@ def test_the_check_refuses_only_what_is_far_from_every_population() -> None:
     far = FrontalPopulation("b", np.full(5, 10.0), np.eye(5), 2.0, 10)
     check = ViewCheck((near, far), segmenter="lungunet-x")
     scores, nearest = check.scores(np.array([[0.5] * 5, [10.0] * 5, [5.0] * 5]))
-    assert nearest[:2] == ["a", "b"] and (scores[:2] < 1).all() and scores[2] > 1
+    assert [p.name for p in nearest[:2]] == ["a", "b"] and (scores[:2] < 1).all() and scores[2] > 1
     again = ViewCheck.from_metadata(check.to_metadata(), "here")
     assert [p.name for p in again.populations] == ["a", "b"] and again.segmenter == "lungunet-x"
     broken = check.to_metadata() | {"measures": ["area"]}

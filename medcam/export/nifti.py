@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 
 from medcam.io.image import Image
+from medcam.io.provenance import NIFTI_MARK, SOFTWARE
 
 __all__ = ["write_nifti"]
 
@@ -18,7 +19,8 @@ def write_nifti(path: str | Path, image: Image, planes: np.ndarray, *, descripti
     The array is stored as ``(cols, rows, 1, K)`` so that voxel ``(i, j, 0)`` is column ``i``
     and row ``j``, the convention of :class:`~medcam.io.Image.affine`; a single plane is
     stored 3D. The affine is never an identity by default: an image without one (PNG/JPEG)
-    is refused.
+    is refused. The header description begins with ``medcam output:``, so that medcam never
+    reads the file back as an input (:func:`medcam.io.provenance.own_nifti`).
     """
     if image.affine is None:
         raise ValueError(f"{image.path}: a {image.format} image has no geometry to write NIfTI with")
@@ -30,8 +32,8 @@ def write_nifti(path: str | Path, image: Image, planes: np.ndarray, *, descripti
         data = data[..., 0]
     nii = nib.Nifti1Image(data, image.affine)
     nii.header.set_xyzt_units("mm")
-    if description:
-        nii.header["descrip"] = description[:79].encode()
+    text = f"{NIFTI_MARK} {description.removeprefix(SOFTWARE).strip()}".strip()
+    nii.header["descrip"] = text[:79].encode()  # marks it as medcam's output: read_nifti refuses it
     path = Path(path)
     nib.save(nii, path)
     return path

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import torch
 
-from medcam.errors import CheckpointError
 from medcam.gate.intended_use import read_intended_use
 from medcam.gate.ood import read_ood
 from medcam.gate.view import METADATA_KEY as VIEW_KEY
@@ -23,7 +22,7 @@ from medcam.models.cam import CAMOutput
 from medcam.models.checkpoint import BUNDLED_MODEL, Checkpoint
 from medcam.models.grid import GridTransform
 from medcam.models.lungs import BUNDLED_SEGMENTER, LungSegmenter
-from medcam.models.predictor import Classifier, Prediction
+from medcam.models.predictor import Classifier, Prediction, check_segmenter
 
 __all__ = ["ServedModel"]
 
@@ -55,11 +54,7 @@ class ServedModel(Classifier):
         self.view_check: ViewCheck | None = None
         if self.segmenter is not None and VIEW_KEY in self.checkpoint.metadata and check_gate:
             self.view_check = ViewCheck.from_metadata(self.checkpoint.metadata[VIEW_KEY], self.checkpoint.path)
-            if self.view_check.segmenter != self.segmenter_id:
-                raise CheckpointError(
-                    f"{self.checkpoint.path}: its frontal-view check was fitted with the lung segmenter "
-                    f"{self.view_check.segmenter}, not {self.segmenter_id}; serve that segmenter or refit the "
-                    "check (benchmarks/fit_lung_gate.py)")
+            check_segmenter(self.checkpoint.path, "frontal-view check", self.view_check.segmenter, self.segmenter_id)
 
     def ood_scores(self, output: CAMOutput) -> list[float | None]:
         """The out-of-distribution score of each image of a forward result (None without statistics

@@ -45,7 +45,7 @@ def image_gate(model: ServedModel, output: CAMOutput, batch: torch.Tensor, *, en
     if model.ood is not None and output.features is None:
         output = output._replace(features=model.forward(batch).features)
     scores = model.ood_scores(output)
-    views = model.view_reasons(output, batch)
+    views = [""] * n if view_named and all(view_named) else model.view_reasons(output, batch)
     verdicts = []
     for i in range(n):
         score = scores[i]

@@ -99,24 +99,23 @@ class ViewCheck:
     segmenter: str
     fitted_on: str = ""
 
-    def scores(self, measures: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    def scores(self, measures: np.ndarray) -> tuple[np.ndarray, list[FrontalPopulation]]:
         """Each image's distance to the nearest population over that population's limit (above 1:
-        refused), and that population's name."""
+        refused), and that population."""
         ratios = np.stack([p.distance(measures) / p.limit for p in self.populations])
         nearest = ratios.argmin(axis=0)
-        return ratios.min(axis=0), [self.populations[i].name for i in nearest]
+        return ratios.min(axis=0), [self.populations[i] for i in nearest]
 
     def reasons(self, lungs: torch.Tensor, images: torch.Tensor) -> list[str]:
         """Why each image is not a frontal chest film, or "" when it may be one."""
         measures = view_measures(lungs, images)
         scores, nearest = self.scores(measures)
         out = []
-        for score, name, values in zip(scores, nearest, measures, strict=True):
+        for score, population, values in zip(scores, nearest, measures, strict=True):
             if score <= 1:
                 out.append("")
                 continue
-            population = next(p for p in self.populations if p.name == name)
-            z = np.abs(values - population.mean) * np.sqrt(np.diag(population.precision))
+            z = np.abs(values - population.mean) / np.sqrt(np.diag(np.linalg.inv(population.precision)))
             worst = MEASURES[int(z.argmax())]
             out.append(f"not a frontal chest film: its lung fields and symmetry are unlike those of frontal films "
                        f"(view score {score:.2f} > 1; most unusual: {worst.replace('_', ' ')} "

@@ -17,6 +17,7 @@ from nibabel.filebasedimages import ImageFileError
 
 from medcam.errors import UnsupportedInputError
 from medcam.io.image import Image
+from medcam.io.provenance import own_nifti
 
 __all__ = ["read_nifti"]
 
@@ -30,6 +31,9 @@ def read_nifti(path: str | Path) -> Image:
         raise UnsupportedInputError(path, f"not a readable NIfTI file ({err})") from err
     if not isinstance(nii, (nib.Nifti1Image, nib.Nifti2Image)):
         raise UnsupportedInputError(path, f"{type(nii).__name__} is not NIfTI")
+    own = own_nifti(np.asarray(nii.header["descrip"]).item())
+    if own:
+        raise UnsupportedInputError(path, own)
     try:
         data = np.asarray(nii.dataobj, dtype=np.float64)
     except (OSError, EOFError, ValueError) as err:

@@ -3,7 +3,8 @@
 What medcam writes says so. Its DICOM results (SEG, SC, SR, GSPS; see
 :mod:`medcam.export.equipment`) name it as Manufacturer and in the Contributing Equipment
 Sequence; its pictures (overlay and mask PNGs, the review app's pictures, evaluation plots)
-carry the PNG text chunk ``Software=medcam`` (:data:`PNG_TEXT`). The loaders refuse both,
+carry the PNG text chunk ``Software=medcam`` (:data:`PNG_TEXT`); its NIfTI files (maps, regions,
+lung masks) begin their header description with :data:`NIFTI_MARK`. The loaders refuse both,
 whatever the intended use says: an overlay scored again would be a result about a result.
 
 Example:
@@ -21,12 +22,14 @@ from typing import Any
 
 from pydicom import Dataset
 
-__all__ = ["PNG_TEXT", "SOFTWARE", "own_dicom", "own_png"]
+__all__ = ["NIFTI_MARK", "PNG_TEXT", "SOFTWARE", "own_dicom", "own_nifti", "own_png"]
 
 SOFTWARE = "medcam"
 """The name medcam writes as DICOM Manufacturer and as PNG ``Software``."""
 PNG_TEXT = {"Software": SOFTWARE}
 """The text chunks of every PNG medcam writes."""
+NIFTI_MARK = f"{SOFTWARE} output:"
+"""How the header description of every NIfTI file medcam writes begins."""
 
 
 def own_dicom(dataset: Dataset) -> str | None:
@@ -46,6 +49,16 @@ def own_png(text: Mapping[Any, Any]) -> str | None:
     picture (``Software`` is ``medcam``, maybe with a version), or None."""
     if _is_medcam(text.get("Software")):
         return _reason(f"PNG Software={SOFTWARE}")
+    return None
+
+
+def own_nifti(description: object) -> str | None:
+    """Why a NIfTI file whose header ``descrip`` is ``description`` is medcam's own output (it
+    begins with :data:`NIFTI_MARK`), or None."""
+    if isinstance(description, bytes):
+        description = description.decode("latin-1")
+    if str(description or "").lower().startswith(NIFTI_MARK):
+        return _reason(f"NIfTI description '{NIFTI_MARK}'")
     return None
 
 

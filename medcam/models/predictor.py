@@ -23,7 +23,7 @@ from medcam.models.grid import GridTransform, maps_to_source
 from medcam.models.lungs import BUNDLED_SEGMENTER, LungSegmenter, cell_fractions, load_segmenter, lung_evidence
 from medcam.models.preprocess import prepare
 
-__all__ = ["EVIDENCE_KEY", "Classifier", "Prediction", "evidence_caution", "serving_memory_format"]
+__all__ = ["EVIDENCE_KEY", "Classifier", "Prediction", "check_segmenter", "evidence_caution", "serving_memory_format"]
 
 EVIDENCE_KEY = "lung_evidence"  # checkpoint metadata: {"threshold": T, "rule": ..., "segmenter": id}
 
@@ -104,11 +104,25 @@ class Prediction:
         return float(self.probabilities[self.classes.index(name)])
 
 
+def check_segmenter(where: str, what: str, fitted: object, served: str) -> None:
+    """Refuse to serve ``what`` (a threshold or a check stored in the checkpoint at ``where``) with
+    a lung segmenter other than the one it was ``fitted`` with.
+
+    Raises:
+        CheckpointError: ``fitted`` is not ``served``.
+    """
+    if fitted != served:
+        raise CheckpointError(
+            f"{where}: its {what} was set with the lung segmenter {fitted or '(unrecorded)'}, not {served}; serve "
+            f"that segmenter (--segmenter) or set it again: medcam fit-lung-gate --model {where} --segmenter SEGMENTER "
+            "--out NEW.pt")
+
+
 def evidence_caution(flagged: bool, evidence: float | None, threshold: float | None) -> str:
     """``evidence outside the lungs (lung_evidence X < T)`` for a flagged image below ``threshold``."""
     if not flagged or evidence is None or threshold is None or evidence >= threshold:
         return ""
-    return f"evidence outside the lungs (lung_evidence {evidence:.2f} < {threshold:.2f})"
+    return f"evidence outside the lungs (lung_evidence {evidence:.3f} < {threshold:.3f})"
 
 
 class Classifier:
@@ -140,11 +154,8 @@ class Classifier:
         evidence = self.checkpoint.metadata.get(EVIDENCE_KEY) or {}
         self.evidence_threshold: float | None = None
         if self.segmenter is not None and "threshold" in evidence and check_gate:
-            if evidence.get("segmenter") != self.segmenter_id:
-                raise CheckpointError(
-                    f"{self.checkpoint.path}: its lung_evidence threshold was set with the lung segmenter "
-                    f"{evidence.get('segmenter')}, not {self.segmenter_id}; serve that segmenter or set it again "
-                    "(benchmarks/fit_lung_gate.py)")
+            check_segmenter(self.checkpoint.path, "lung_evidence threshold", evidence.get("segmenter"),
+                            self.segmenter_id)
             self.evidence_threshold = float(evidence["threshold"])
 
     @property

@@ -32,6 +32,7 @@ from medcam.io import VOI, Image, detect_format, identity_of, load_image, read_d
 from medcam.models.grid import GridTransform
 from medcam.models.preprocess import prepare
 from medcam.scoring.discover import Item
+from medcam.scoring.results import HEADER_KEYWORDS
 
 __all__ = ["IMAGE_SUFFIXES", "Batch", "Record", "ScoringDataset", "collate", "load_record", "make_loader"]
 
@@ -154,17 +155,13 @@ def load_record(item: Item, preprocess: PreprocessConfig, *, voi: VOI = "auto",
 def header_values(dataset: pydicom.Dataset) -> tuple[str, ...]:
     """The values of :data:`~medcam.scoring.results.HEADER_COLUMNS` in ``dataset``, as text."""
     values = []
-    for keyword in _HEADER_KEYWORDS:
+    for keyword in HEADER_KEYWORDS.values():
         try:
             value = dataset.get(keyword)
         except Exception:  # a malformed element reads as absent: monitoring must not fail a row
             value = None
         values.append("" if value is None else " ".join(str(value).split()))
     return tuple(values)
-
-
-_HEADER_KEYWORDS = ("StudyDate", "Manufacturer", "ManufacturerModelName", "StationName", "ViewPosition",
-                    "BodyPartExamined", "PhotometricInterpretation", "BitsStored")
 
 
 def _not_an_input(path: str) -> str:

@@ -59,6 +59,7 @@ from medcam.scoring.results import (
     ModelInfo,
     ResultsFile,
     SkippedFile,
+    label_of,
     make_row,
     results_columns,
     write_studies,
@@ -234,6 +235,7 @@ class _Scorer:
             self.classifier = ServedModel(load_checkpoint(path), device=device,
                                           segmenter=load_segmenter(lungs) if checkpoint[1] is not None else None)
         self.enforce = enforce
+        self.info = ModelInfo.from_checkpoint(self.classifier.checkpoint, self.classifier.segmenter_id)
         size = self.classifier.checkpoint.preprocess.size
         probe = self.classifier.forward(torch.zeros(1, 1, size, size))
         self.map_shape = tuple(probe.maps.shape[1:]) if maps else ()
@@ -260,11 +262,10 @@ class _Scorer:
                 maps[ok] = output.maps.float().cpu().numpy()
             if self.lung_shape and output.lungs is not None:
                 lungs[ok] = output.lungs.float().cpu().numpy()
-            positive = self.classifier.classes.index(self.classifier.checkpoint.model.positive_class)
             for i, share in zip(np.flatnonzero(ok), self.classifier.lung_evidence(output), strict=True):
                 evidence[i] = np.nan if share is None else share
-                quality[i] = evidence_caution(bool(probabilities[i, positive] >= self.classifier.checkpoint.threshold),
-                                              share, self.classifier.evidence_threshold)
+                quality[i] = evidence_caution(label_of(self.info, probabilities[i].tolist())[1], share,
+                                              self.classifier.evidence_threshold)
             verdicts = image_gate(self.classifier, output, x, enforce=self.enforce,
                                   view_named=[bool(v) for v in batch["view_named"][ok]])
             for i, verdict in zip(np.flatnonzero(ok), verdicts, strict=True):

@@ -45,14 +45,18 @@ try:
 except ImportError:  # Windows: no advisory lock, the rest works
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ACQUISITION_COLUMNS", "HEADER_COLUMNS", "STATUSES", "ModelInfo", "ResultsFile", "SkippedFile", "label_of",
-           "make_row", "read_results", "results_columns", "skipped_path", "studies_path", "write_studies"]
+__all__ = ["ACQUISITION_COLUMNS", "HEADER_COLUMNS", "HEADER_KEYWORDS", "STATUSES", "ModelInfo", "ResultsFile",
+           "SkippedFile", "label_of", "make_row", "read_results", "results_columns", "skipped_path", "studies_path",
+           "write_studies"]
 
 ID_COLUMNS = ("path", "status", "reason", "sop_instance_uid", "series_instance_uid", "study_instance_uid")
 # What monitoring a deployed model needs, never patient identity: the UTC time the row was
 # written, then DICOM header values (empty for other formats), in this order.
-HEADER_COLUMNS = ("study_date", "manufacturer", "manufacturer_model", "station_name", "view_position", "body_part",
-                  "photometric", "bits_stored")
+HEADER_KEYWORDS = {"study_date": "StudyDate", "manufacturer": "Manufacturer",
+                   "manufacturer_model": "ManufacturerModelName", "station_name": "StationName",
+                   "view_position": "ViewPosition", "body_part": "BodyPartExamined",
+                   "photometric": "PhotometricInterpretation", "bits_stored": "BitsStored"}
+HEADER_COLUMNS = tuple(HEADER_KEYWORDS)
 ACQUISITION_COLUMNS = ("scored_at", *HEADER_COLUMNS)
 STATUSES = ("ok", "not_analysed", "error")
 _ERRORS = "surrogateescape"  # with UTF-8: any path the OS gives round-trips
@@ -116,16 +120,15 @@ def label_of(model: ModelInfo, probabilities: Sequence[float]) -> tuple[str, boo
 def make_row(model: ModelInfo, path: str, status: str, reason: str, uids: Sequence[str],
              probabilities: Sequence[float] | None, outputs: Mapping[str, str] | None = None,
              columns: Sequence[str] = (), ood_score: float | None = None, *,
-             lung_evidence: float | None = None, quality: str = "", header: Sequence[str] = (),
-             scored_at: str | None = None) -> list[str]:
+             lung_evidence: float | None = None, quality: str = "", header: Sequence[str] = ()) -> list[str]:
     """One row; ``probabilities`` (in class order) only for an ``ok`` row.
 
     ``reason`` says why for the other statuses; on an ``ok`` row it is empty or a note (an
     image analysed outside the intended use). ``ood_score`` is the out-of-distribution
     score of the image when the model has the statistics; ``lung_evidence`` and ``quality``
     (see :attr:`medcam.models.Prediction.quality`) are kept on ``ok`` rows only. ``header`` holds
-    the values of :data:`HEADER_COLUMNS` (empty for non-DICOM inputs); ``scored_at`` defaults to
-    now, in UTC. ``outputs`` fills the output ``columns`` (file paths, counts), empty where absent.
+    the values of :data:`HEADER_COLUMNS` (empty for non-DICOM inputs); ``scored_at`` is now, in
+    UTC. ``outputs`` fills the output ``columns`` (file paths, counts), empty where absent.
     """
     if status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
@@ -140,7 +143,7 @@ def make_row(model: ModelInfo, path: str, status: str, reason: str, uids: Sequen
     analysed = values[0] == "ok"
     evidence = f"{lung_evidence:.4f}" if analysed and lung_evidence is not None else ""
     header = [*header, *[""] * (len(HEADER_COLUMNS) - len(header))]
-    when = scored_at or datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
     return [path, *values, score, evidence, quality if analysed else "", model.model_id, model.segmenter_id, when,
             *header, *((outputs or {}).get(c, "") for c in columns)]
 

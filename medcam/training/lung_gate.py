@@ -88,14 +88,12 @@ def _read_rsna(source: Path) -> list[Sample]:
 
 @dataclass(frozen=True)
 class Measured:
-    """What the served model says of one film: lung-field measures, evidence, probability, flag."""
+    """What the served model says of one film: its view measures, ``lung_evidence`` and flag."""
 
     sample: Sample
     measures: np.ndarray
     lung_evidence: float | None
-    probability: float
     flagged: bool
-    ood_score: float | None
 
 
 def measure(model: ServedModel, samples: Sequence[Sample], *, batch_size: int = 16,
@@ -113,15 +111,14 @@ def measure(model: ServedModel, samples: Sequence[Sample], *, batch_size: int = 
                 log(f"{sample.path}: left out ({err})")
         if not chunk:
             continue
-        output = model.forward(torch.stack(inputs))  # classifier and segmenter, one call
-        if output.lungs is None:
-            raise ConfigError("fitting the lung gate needs a lung segmenter")
-        probs = model.probabilities(output.logits)[:, positive].cpu().tolist()
         batch = torch.stack(inputs)
-        for sample, values, share, p, score in zip(chunk, view_measures(output.lungs, batch),
-                                                   model.lung_evidence(output), probs, model.ood_scores(output),
-                                                   strict=True):
-            out.append(Measured(sample, values, share, float(p), p >= model.checkpoint.threshold, score))
+        output = model.forward(batch)  # classifier and segmenter, one call
+        if output.lungs is None:
+            raise ConfigError("fitting the lung gate needs a lung segmenter; it was served with --segmenter none")
+        probs = model.probabilities(output.logits)[:, positive].cpu().tolist()
+        for sample, values, share, p in zip(chunk, view_measures(output.lungs, batch), model.lung_evidence(output),
+                                            probs, strict=True):
+            out.append(Measured(sample, values, share, p >= model.checkpoint.threshold))
     return out
 
 
@@ -141,14 +138,20 @@ def fit_view_check(measured: Sequence[Measured], segmenter_id: str, *, quantile:
     return ViewCheck(tuple(populations), segmenter_id, fitted)
 
 
-def evidence_threshold(measured: Sequence[Measured], *, quantile: float = 0.05) -> float:
-    """The ``quantile`` of ``lung_evidence`` over flagged pneumonia films, populations weighing the same."""
+def evidence_threshold(measured: Sequence[Measured], *, quantile: float = 0.05,
+                       where: str = "the validation data") -> float:
+    """The ``quantile`` of ``lung_evidence`` over flagged pneumonia films, populations weighing the same.
+
+    Raises:
+        ConfigError: ``where`` (the validation films) holds no flagged pneumonia film.
+    """
     values: list[float] = []
     weights: list[float] = []
     positives = [m for m in measured if m.flagged and m.sample.label == 1 and m.lung_evidence is not None]
     populations = {m.sample.population for m in positives}
     if not positives:
-        raise ConfigError("no flagged pneumonia film in the validation data: the lung_evidence threshold needs some")
+        raise ConfigError(f"{where}: no flagged pneumonia film with positive map evidence; the lung_evidence "
+                          "threshold is set on those")
     for population in populations:
         part = [m.lung_evidence for m in positives if m.sample.population == population and m.lung_evidence is not None]
         values += part
@@ -160,15 +163,29 @@ def evidence_threshold(measured: Sequence[Measured], *, quantile: float = 0.05) 
 
 def fit_lung_gate(model: ServedModel, val: str | Path, out: str | Path, *, view_quantile: float = 0.995,
                   quantile: float = 0.05, log: Callable[[str], None] = print) -> str:
-    """Fit both on the validation films of ``val`` and write the checkpoint to ``out``; returns its model id."""
+    """Fit both on the validation films of ``val`` and write the checkpoint to ``out``; returns its model id.
+
+    Logs, per population, the limit, the median ``lung_evidence`` and the median share of the image
+    inside the two largest lung fields.
+
+    Raises:
+        ConfigError: no segmenter (``--segmenter none``), a quantile outside (0, 1), or no flagged
+            pneumonia film in ``val``.
+    """
     if model.segmenter is None:
-        raise ConfigError("fitting the lung gate needs a lung segmenter")
+        raise ConfigError("fitting the lung gate needs a lung segmenter; it was served with --segmenter none")
+    for name, value in (("--quantile", quantile), ("--view-quantile", view_quantile)):
+        if not 0 < value < 1:
+            raise ConfigError(f"{name} must be between 0 and 1, got {value}")
     samples = read_samples(val, _CLASSES)
     measured = measure(model, samples, log=log)
     check = fit_view_check(measured, model.segmenter_id, quantile=view_quantile)
-    threshold = evidence_threshold(measured, quantile=quantile)
+    threshold = evidence_threshold(measured, quantile=quantile, where=str(val))
     for population in check.populations:
-        log(f"frontal-view check: {population.name} ({population.n} films), limit {population.limit:.2f}")
+        part = [m for m in measured if m.sample.population == population.name]
+        shares = [m.lung_evidence for m in part if m.lung_evidence is not None]
+        log(f"{population.name}: {population.n} films; frontal-view limit {population.limit:.2f}; median "
+            f"lung_evidence {np.median(shares):.3f}; median lung area {np.median([m.measures[0] for m in part]):.3f}")
     log(f"lung_evidence threshold {threshold:.3f} ({quantile:g} quantile of flagged pneumonia films)")
     with_pneumonia = sorted({m.sample.population for m in measured if m.sample.label == 1})
     rule = (f"the {quantile:g} quantile of lung_evidence over the flagged pneumonia films of the validation splits "
