@@ -4,6 +4,10 @@ Start it with ``medcam review [DIR] [--db PATH] [--port N]`` (see ``medcam revie
 it reads its configuration from the environment that command sets
 (:class:`medcam.review.ReviewConfig`). This file is the user interface only: the worklist,
 the review database, the drawing and the exports live in :mod:`medcam.review`.
+
+Two pages, switched in the sidebar: **Review** (the worklist and the viewer) and **Monitoring**
+(``medcam monitor``'s figures and alarms on the database's cached scores,
+:mod:`medcam.review.monitoring`).
 """
 
 from __future__ import annotations
@@ -22,17 +26,29 @@ from medcam.export.contours import mask_polygons
 from medcam.gate.served import ServedModel
 from medcam.models.grid import normalise_maps
 from medcam.models.predictor import Prediction
+from medcam.monitor.periods import PERIODS
+from medcam.monitor.report import PERIOD_COLUMNS, SHIFT_COLUMNS, period_rows, shift_rows
+from medcam.monitor.run import validation_flag_rate
+from medcam.monitor.table import GROUP_COLUMNS
 from medcam.regions import RegionOptions, RegionSet, find_regions
 from medcam.review import STATUSES, ImageRef, Review, ReviewConfig, ReviewStore, WorkItem, Worklist
 from medcam.review.display import PRESETS, View, encode_png, preset_window, region_rows, render
 from medcam.review.export import FORMATS, export_accepted, export_folder, zip_files
+from medcam.review.monitoring import StoreMonitoring, monitor_store
 from medcam.review.worklist import Limits, load_prediction, save_upload, select
 from medcam.runtime import retain_freed_memory
+from medcam.scoring.results import ModelInfo
 
 METHODS = {"CAM (single pass)": "cam", "Grad-CAM": "gradcam", "Grad-CAM++": "gradcam++", "Occlusion": "occlusion"}
 
 MAX_REGION_ROWS = 12
 RULES = {"fraction of the map's maximum": "fraction", "calibrated probability": "absolute"}
+PAGES = ("Review", "Monitoring")
+MONITOR_ROWS = {"every image scored into this database": False, "the images of the worklist now": True}
+NO_SPLIT = "(none)"
+# The Review page's choices, kept while the Monitoring page is shown (Streamlit forgets the state of
+# widgets that a run does not draw, unless it is set again). No string here: Streamlit would show it.
+KEPT = ("image", "statuses", "flagged_only", "search")
 
 
 @st.cache_resource(show_spinner="Loading the model ...")
@@ -90,6 +106,7 @@ def show_flash() -> None:
 def sidebar(config: ReviewConfig, worklist: Worklist, classifier: ServedModel) -> None:
     ckpt = classifier.checkpoint
     st.sidebar.title("medcam review")
+    st.sidebar.radio("Page", PAGES, key="page", horizontal=True)
     st.sidebar.caption(f"Model {ckpt.model_id}; {ckpt.model.positive_class} flagged at p ≥ {ckpt.threshold:.2f}; "
                        + (f"lung segmenter {classifier.segmenter_id}" if classifier.segmenter is not None
                           else "no lung segmenter (no lung outline or lung evidence)"))
@@ -117,10 +134,12 @@ def sidebar(config: ReviewConfig, worklist: Worklist, classifier: ServedModel) -
     if st.session_state.get("upload_errors") and st.sidebar.button("Dismiss upload messages"):
         st.session_state.pop("upload_errors")
         st.rerun()
-    st.sidebar.subheader("Filters")
-    st.sidebar.multiselect("Status", STATUSES, default=list(STATUSES), key="statuses")
-    st.sidebar.checkbox("Flagged only", key="flagged_only")
-    st.sidebar.text_input("Name contains", key="search")
+    if st.session_state.get("page", PAGES[0]) == "Review":
+        st.sidebar.subheader("Filters")
+        st.session_state.setdefault("statuses", list(STATUSES))
+        st.sidebar.multiselect("Status", STATUSES, key="statuses")
+        st.sidebar.checkbox("Flagged only", key="flagged_only")
+        st.sidebar.text_input("Name contains", key="search")
     if st.sidebar.button("Rescan folder"):
         st.session_state.pop("files", None)
     st.sidebar.download_button("Download all reviews (CSV)", worklist.store.reviews_csv(), "medcam-reviews.csv",
@@ -371,6 +390,87 @@ def viewer(worklist: Worklist, exports: Path, classifier: ServedModel, item: Wor
                       for e in store.audit(item.key)], hide_index=True)
 
 
+def monitoring(store: ReviewStore, classifier: ServedModel, items: list[WorkItem]) -> None:
+    """The Monitoring page: ``medcam monitor``'s verdict, alarms and figures on the cached scores."""
+    ckpt = classifier.checkpoint
+    st.header("Monitoring")
+    st.caption(f"Model {ckpt.model_id}: its scores cached in this database, by the day (or week) they were "
+               "scored, held against the first periods, as `medcam monitor` holds results files against them. "
+               "Alarms are judged on the latest complete period only.")
+    cols = st.columns(4)
+    period = cols[0].selectbox("Period", PERIODS, key="monitor_period")
+    baseline = cols[1].number_input("Reference periods", min_value=1, max_value=52, value=2, step=1,
+                                    key="monitor_baseline", help="The first periods with rows, which the later "
+                                    "ones are held against (medcam monitor --baseline-periods).")
+    by = cols[2].selectbox("Scores split by", [NO_SPLIT, *GROUP_COLUMNS], key="monitor_by",
+                           help="A DICOM header value to compare score distributions per group (--by).")
+    rows = cols[3].radio("Rows", list(MONITOR_ROWS), key="monitor_rows")
+    try:
+        found = monitor_store(store, ModelInfo.from_checkpoint(ckpt), period=period,
+                              by=None if by == NO_SPLIT else by, baseline_periods=int(baseline),
+                              keys={i.key for i in items} if MONITOR_ROWS[rows] else None,
+                              validation_rate=validation_flag_rate(ckpt.metadata))
+    except MedcamError as err:
+        st.info(str(err))
+        return
+    monitoring_findings(found)
+
+
+def _pictures(found: StoreMonitoring, section: str) -> None:
+    for picture in found.pictures:
+        if picture.section == section:
+            st.image(picture.png, caption=picture.alt, output_format="PNG")
+
+
+def monitoring_findings(found: StoreMonitoring) -> None:
+    s = found.summary
+    verdict = s["verdict"]
+    show = {"alarm": st.error, "ok": st.success, "unreadable input": st.warning}.get(verdict, st.info)
+    show(f"**{verdict.upper()}** · {s['last_line']}")
+    if s["alarms"]:
+        st.dataframe([{"check": a["check"], "period": a["period"], "group": a["group"], "on": a["variable"],
+                       "figure": a["figure"], "limit": a["limit"]} for a in s["alarms"]], hide_index=True)
+    st.download_button("Download report.html", found.report, "medcam-monitor-report.html", "text/html",
+                       key="monitor_report", on_click="ignore")
+    reference = s["reference"]
+    others = "".join(f"; {n} image(s) scored by model {m} are left out" for m, n in found.other_models.items())
+    st.caption(f"{s['inputs']['rows']} scored image(s) of model {', '.join(s['models'])}{others}. Reference: "
+               f"{reference['source']}, {reference['rows_analysed']} analysed, flag rate {reference['flag_rate']:.3f}."
+               + (f" Validation split's flag rate {s['validation']['flag_rate']:.3f}, for comparison only."
+                  if s["validation"] else ""))
+
+    st.subheader("Volume and status")
+    _pictures(found, "volume")
+    st.caption("Grey: the reference periods; yellow: the judged period; dotted: the lung segmenter changed.")
+    if s["reasons"]:
+        st.dataframe(s["reasons"], hide_index=True)
+
+    st.subheader("Flag rate")
+    _pictures(found, "flag_rate")
+    st.dataframe([dict(zip(PERIOD_COLUMNS, row, strict=True)) for row in period_rows(s)], hide_index=True)
+
+    st.subheader("Score distributions: probability, OOD score, lung evidence")
+    _pictures(found, "psi")
+    if s["shifts"]:
+        st.dataframe([dict(zip(SHIFT_COLUMNS, row, strict=True)) for row in shift_rows(s)], hide_index=True)
+        _pictures(found, "distributions")
+    else:
+        st.caption("No judged period, so no distribution is compared.")
+    if s["model_changes"]:
+        st.subheader("Lung segmenter changes")
+        st.dataframe(s["model_changes"], hide_index=True)
+
+    st.subheader("Reviews: regions accepted and rejected, sign-offs")
+    _pictures(found, "reviews")
+    if not any(p.section == "reviews" for p in found.pictures):
+        st.caption("No region decision or sign-off yet.")
+    t = s["thresholds"]
+    st.caption(f"Alarms: the flag rate outside {t['p_chart_sigmas']:g}-sigma p-chart limits; a CUSUM above "
+               f"h = {t['cusum_h']:g} (k = {t['cusum_k']:g}); PSI ≥ {t['psi_limit']:g} of the probability or OOD "
+               f"score in a group of ≥ {t['psi_min_rows']} analysed images. The two-sample test, lung evidence, the "
+               "validation split and reviews are shown, never alarmed on.")
+
+
 def main() -> None:
     st.set_page_config(page_title="medcam review", layout="wide")
     try:
@@ -385,6 +485,13 @@ def main() -> None:
     show_flash()
     items = load_worklist(worklist, classifier)
     ss = st.session_state
+    if ss.get("page", PAGES[0]) == "Monitoring":
+        for key in KEPT:
+            if key in ss:
+                ss[key] = ss[key]
+        ss.pop("shown", None)  # back on the Review page, the chosen image's view starts afresh
+        monitoring(worklist.store, classifier, items)
+        return
     shown = select(items, statuses=ss.get("statuses", STATUSES), flagged_only=ss.get("flagged_only", False),
                    text=ss.get("search", ""))
     by_key = {i.key: i for i in shown}

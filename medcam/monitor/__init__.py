@@ -16,7 +16,9 @@ periods, held against a reference, judged, and written up. One module per step:
   and the DICOM node's spool, reported only;
 - :mod:`~medcam.monitor.figures`, :mod:`~medcam.monitor.report`, :mod:`~medcam.monitor.summary`:
   the figures, the self-contained ``report.html`` and ``summary.json``;
-- :mod:`~medcam.monitor.run`: the command itself and its exit status.
+- :mod:`~medcam.monitor.run`: the command itself and its exit status; :func:`examine`, the
+  verdict on a table of rows, is shared with the reviewer app's Monitoring page
+  (:mod:`medcam.review.monitoring`), which reads its rows from the review database.
 
 Example:
     >>> from medcam.monitor import MonitorOptions, monitor
@@ -27,8 +29,17 @@ Example:
 
 from medcam.monitor.alarms import Alarm
 from medcam.monitor.analysis import Analysis, Settings, analyse
-from medcam.monitor.run import EXIT_ALARM, MonitorError, MonitorOptions, MonitorResult, monitor, print_result
+from medcam.monitor.run import (
+    EXIT_ALARM,
+    Findings,
+    MonitorError,
+    MonitorOptions,
+    MonitorResult,
+    examine,
+    monitor,
+    print_result,
+)
 from medcam.monitor.table import Table, Unreadable, read_tables
 
-__all__ = ["EXIT_ALARM", "Alarm", "Analysis", "MonitorError", "MonitorOptions", "MonitorResult", "Settings", "Table",
-           "Unreadable", "analyse", "monitor", "print_result", "read_tables"]
+__all__ = ["EXIT_ALARM", "Alarm", "Analysis", "Findings", "MonitorError", "MonitorOptions", "MonitorResult", "Settings",
+           "Table", "Unreadable", "analyse", "examine", "monitor", "print_result", "read_tables"]

@@ -1,4 +1,5 @@
-"""The report's figures, drawn with matplotlib and returned as base64 PNG for inlining.
+"""The report's figures, drawn with matplotlib and returned as PNG (inlined in ``report.html``, shown
+by the reviewer app's Monitoring page).
 
 Each PNG carries ``Software=medcam`` (:data:`medcam.io.provenance.PNG_TEXT`), like every
 picture medcam writes. Figures are made without ``pyplot``: no global state, no display.
@@ -6,7 +7,6 @@ picture medcam writes. Figures are made without ``pyplot``: no global state, no 
 
 from __future__ import annotations
 
-import base64
 import io
 from collections.abc import Sequence
 
@@ -19,8 +19,8 @@ from medcam.monitor.analysis import Analysis, Shift
 from medcam.monitor.reviews import ReviewCounts
 from medcam.monitor.statistics import PSI_LIMIT
 
-__all__ = ["cusum_figure", "distribution_figure", "flag_rate_figure", "png_base64", "psi_figure", "reviews_figure",
-           "volume_figure"]
+__all__ = ["cusum_figure", "distribution_figure", "flag_rate_figure", "png_bytes", "psi_figure",
+           "reviews_figure", "volume_figure"]
 
 _WIDTH = 9.0
 _MAX_TICKS = 16
@@ -28,11 +28,11 @@ MAX_GROUPS = 8
 """Most groups drawn in one distribution figure (the table lists them all)."""
 
 
-def png_base64(figure: Figure) -> str:
-    """``figure`` as a base64 PNG (with medcam's PNG text)."""
+def png_bytes(figure: Figure) -> bytes:
+    """``figure`` as a PNG file's bytes (with medcam's PNG text)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata=PNG_TEXT)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
 
 
 def _period_axis(ax: Axes, labels: Sequence[str]) -> None:

@@ -9,8 +9,10 @@ threshold is set. Every text that comes from the inputs is HTML-escaped.
 
 from __future__ import annotations
 
+import base64
 import html
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from medcam.monitor.figures import (
     cusum_figure,
     distribution_figure,
     flag_rate_figure,
-    png_base64,
+    png_bytes,
     psi_figure,
     reviews_figure,
     volume_figure,
@@ -29,7 +31,12 @@ from medcam.monitor.node import RETRYING_AFTER_S
 from medcam.monitor.reviews import ReviewCounts
 from medcam.monitor.statistics import CUSUM_H, CUSUM_K, PSI_LIMIT, PSI_MIN_ROWS, SIGMAS
 
-__all__ = ["render_report", "write_report"]
+__all__ = ["PERIOD_COLUMNS", "SHIFT_COLUMNS", "Picture", "draw_pictures", "period_rows", "render_report", "shift_rows",
+           "write_report"]
+
+PERIOD_COLUMNS = ("period", "analysed", "flagged", "rate", "lower limit", "upper limit", "CUSUM+", "CUSUM-",
+                  "lung cautions", "")
+SHIFT_COLUMNS = ("score", "group", "rows", "reference rows", "against", "PSI", "KS", "KS p-value", "can alarm")
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 70em; color: #222; }
@@ -66,17 +73,52 @@ def _cell(value: object) -> str:
     return f"<td>{_e(value)}</td>"
 
 
-def _img(figure: Any, alt: str) -> str:
-    return f'<p><img alt="{_e(alt)}" src="data:image/png;base64,{png_base64(figure)}"></p>'
+@dataclass(frozen=True)
+class Picture:
+    """One of the report's figures, drawn: its section (``volume``, ``flag_rate``, ``psi``,
+    ``distributions`` or ``reviews``), alt text and PNG."""
+
+    section: str
+    alt: str
+    png: bytes = field(repr=False)
+
+
+def draw_pictures(summary: dict[str, Any], analysis: Analysis, reviews: ReviewCounts | None = None) -> list[Picture]:
+    """The report's figures in page order, drawn once: ``report.html`` inlines them, the reviewer
+    app's Monitoring page shows them."""
+    validation = summary["validation"]["flag_rate"] if summary["validation"] else None
+    pictures = [Picture("volume", "rows per period by status", png_bytes(volume_figure(analysis))),
+                Picture("flag_rate", "flag rate per period with p-chart limits",
+                        png_bytes(flag_rate_figure(analysis, validation))),
+                Picture("flag_rate", "CUSUM of the flag rate", png_bytes(cusum_figure(analysis)))]
+    if analysis.psi:
+        pictures.append(Picture("psi", "PSI per period", png_bytes(psi_figure(analysis))))
+    for score in SCORES:
+        mine = [shift for shift in analysis.shifts if shift.score == score]
+        if mine:
+            pictures.append(Picture("distributions", f"{score} against the reference",
+                                    png_bytes(distribution_figure(mine, analysis.judged_label))))
+    if reviews is not None and len(reviews.labels):
+        pictures.append(Picture("reviews", "reviewers' decisions per period", png_bytes(reviews_figure(reviews))))
+    return pictures
+
+
+def _imgs(pictures: Sequence[Picture], section: str) -> list[str]:
+    return [f'<p><img alt="{_e(p.alt)}" src="data:image/png;base64,{base64.b64encode(p.png).decode("ascii")}"></p>'
+            for p in pictures if p.section == section]
 
 
 def _minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.0f} min"
 
 
-def render_report(summary: dict[str, Any], analysis: Analysis, reviews: ReviewCounts | None = None) -> str:
-    """The page for ``summary`` (:mod:`medcam.monitor.summary`), with ``analysis``'s figures."""
+def render_report(summary: dict[str, Any], analysis: Analysis, reviews: ReviewCounts | None = None,
+                  pictures: Sequence[Picture] | None = None) -> str:
+    """The page for ``summary`` (:mod:`medcam.monitor.summary`), with ``analysis``'s figures
+    (``pictures`` when already drawn by :func:`draw_pictures`)."""
     s = summary
+    if pictures is None:
+        pictures = draw_pictures(summary, analysis, reviews)
     verdict = s["verdict"]
     css = "alarm" if verdict == "alarm" else "ok" if verdict == "ok" else "grey"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>medcam monitor: {_e(verdict)}"
@@ -93,9 +135,9 @@ def render_report(summary: dict[str, Any], analysis: Analysis, reviews: ReviewCo
     if s["why_not_judged"]:
         parts.append(f"<p>No period judged: {_e(s['why_not_judged'])}.</p>")
     parts += _inputs(s)
-    parts += _volume(s, analysis)
-    parts += _flag_rate(s, analysis)
-    parts += _shifts(s, analysis)
+    parts += _volume(s, pictures)
+    parts += _flag_rate(s, pictures)
+    parts += _shifts(s, analysis, pictures)
     if s["model_changes"]:
         parts.append("<h2>Model changes</h2><p>The flag rate and the scores are not comparable across a change "
                      "of model or lung segmenter: monitor the new model with <code>--model</code> and a new "
@@ -103,8 +145,8 @@ def render_report(summary: dict[str, Any], analysis: Analysis, reviews: ReviewCo
         parts.append(_table(["period", "change"], [(c["period"], c["change"]) for c in s["model_changes"]]))
     if reviews is not None:
         parts.append("<h2>Reviews</h2>")
-        parts.append(_img(reviews_figure(reviews), "reviewers' decisions per period") if len(reviews.labels)
-                     else "<p>The review database holds no decisions yet.</p>")
+        parts += _imgs(pictures, "reviews") if len(reviews.labels) else [
+            "<p>The review database holds no decisions yet.</p>"]
     if s["node"]:
         parts += _node(s["node"])
     parts.append(_method())
@@ -144,10 +186,10 @@ def _inputs(s: dict[str, Any]) -> list[str]:
     return parts
 
 
-def _volume(s: dict[str, Any], analysis: Analysis) -> list[str]:
+def _volume(s: dict[str, Any], pictures: Sequence[Picture]) -> list[str]:
     totals = {k: sum(p[k] for p in s["periods"]) for k in ("ok", "not_analysed", "error")}
     parts = ["<h2>Volume and status</h2>",
-             _img(volume_figure(analysis), "rows per period by status"),
+             *_imgs(pictures, "volume"),
              "<p class='note'>Grey: the reference periods; yellow: the judged period; dotted: the model or "
              "segmenter changed.</p>",
              _table(["analysed", "not analysed", "error"], [(totals["ok"], totals["not_analysed"], totals["error"])])]
@@ -158,38 +200,34 @@ def _volume(s: dict[str, Any], analysis: Analysis) -> list[str]:
     return parts
 
 
-def _flag_rate(s: dict[str, Any], analysis: Analysis) -> list[str]:
-    validation = s["validation"]["flag_rate"] if s["validation"] else None
-    rows = [(p["period"], p["ok"], p["flagged"], p["flag_rate"], p["lower_limit"], p["upper_limit"],
+def period_rows(s: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The flag-rate table's rows (:data:`PERIOD_COLUMNS`): each period with rows."""
+    return [(p["period"], p["ok"], p["flagged"], p["flag_rate"], p["lower_limit"], p["upper_limit"],
              p["cusum_up"], p["cusum_down"], p["cautions"],
              "reference" if p["reference"] else "judged" if p["period"] == s["judged_period"] else
              "monitored" if p["monitored"] else "" if p["complete"] else "incomplete")
             for p in s["periods"] if p["rows"]]
-    return ["<h2>Flag rate</h2>",
-            _img(flag_rate_figure(analysis, validation), "flag rate per period with p-chart limits"),
-            _img(cusum_figure(analysis), "CUSUM of the flag rate"),
-            _table(["period", "analysed", "flagged", "rate", "lower limit", "upper limit", "CUSUM+", "CUSUM-",
-                    "lung cautions", ""], rows)]
 
 
-def _shifts(s: dict[str, Any], analysis: Analysis) -> list[str]:
-    parts = ["<h2>Score distributions</h2>"]
-    if analysis.psi:
-        parts.append(_img(psi_figure(analysis), "PSI per period"))
+def shift_rows(s: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The score-distribution table's rows (:data:`SHIFT_COLUMNS`): each score and group."""
+    return [(x["score"], x["group"], x["rows"], x["reference_rows"], x["against"], x["psi"], x["ks"], x["ks_p_value"],
+             "yes" if x["alarmable"] else "no") for x in s["shifts"]]
+
+
+def _flag_rate(s: dict[str, Any], pictures: Sequence[Picture]) -> list[str]:
+    return ["<h2>Flag rate</h2>", *_imgs(pictures, "flag_rate"), _table(PERIOD_COLUMNS, period_rows(s))]
+
+
+def _shifts(s: dict[str, Any], analysis: Analysis, pictures: Sequence[Picture]) -> list[str]:
+    parts = ["<h2>Score distributions</h2>", *_imgs(pictures, "psi")]
     if not analysis.shifts:
         return [*parts, "<p>No judged period, so no distribution is compared.</p>"]
     parts.append(f"<p>{_e(s['judged_period'])} against the reference. PSI raises an alarm at {PSI_LIMIT:g} on "
                  f"probability and ood_score in groups of at least {PSI_MIN_ROWS} rows; the Kolmogorov-Smirnov "
                  "test and the lung-evidence share are reported only.</p>")
-    parts.append(_table(["score", "group", "rows", "reference rows", "against", "PSI", "KS", "KS p-value",
-                         "can alarm"],
-                        [(x["score"], x["group"], x["rows"], x["reference_rows"], x["against"], x["psi"], x["ks"],
-                          x["ks_p_value"], "yes" if x["alarmable"] else "no") for x in s["shifts"]]))
-    for score in SCORES:
-        mine = [shift for shift in analysis.shifts if shift.score == score]
-        if mine:
-            parts.append(_img(distribution_figure(mine, analysis.judged_label), f"{score} against the reference"))
-    return parts
+    parts.append(_table(SHIFT_COLUMNS, shift_rows(s)))
+    return [*parts, *_imgs(pictures, "distributions")]
 
 
 def _node(nodes: list[dict[str, Any]]) -> list[str]:

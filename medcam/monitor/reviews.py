@@ -1,6 +1,6 @@
 """The reviewer app's findings per period, read from its database without changing it.
 
-From the store (:mod:`medcam.review.store`, schema version 2 or older): region decisions
+From the store (:mod:`medcam.review.store`, any schema version this medcam knows): region decisions
 (``accept`` / ``reject``) by the period of their ``updated_at``, and sign-offs (``reviews``
 with an overall ``agree`` / ``disagree``) by the period of theirs. The file is opened
 read-only (``mode=ro``), so the monitor never migrates or writes it. Reported, never alarmed on.

@@ -27,7 +27,7 @@ from medcam.commands import EXIT_FATAL, EXIT_INCOMPLETE, EXIT_OK
 from medcam.config import check_choice
 from medcam.errors import ConfigError, MedcamError
 from medcam.monitor.alarms import Alarm, judge, last_line, on_alarm_command, run_on_alarm
-from medcam.monitor.analysis import Settings, analyse
+from medcam.monitor.analysis import Analysis, Settings, analyse
 from medcam.monitor.node import find_spools, node_health, results_of
 from medcam.monitor.periods import PERIODS, parse_date
 from medcam.monitor.report import render_report, write_report
@@ -35,8 +35,8 @@ from medcam.monitor.reviews import ReviewCounts, read_reviews
 from medcam.monitor.summary import build_summary, write_summary
 from medcam.monitor.table import GROUP_COLUMNS, Table, Unreadable, find_results, read_tables
 
-__all__ = ["EXIT_ALARM", "MonitorError", "MonitorOptions", "MonitorResult", "monitor", "print_result",
-           "validation_flag_rate"]
+__all__ = ["EXIT_ALARM", "Findings", "MonitorError", "MonitorOptions", "MonitorResult", "created_now", "examine",
+           "monitor", "print_result", "validation_flag_rate"]
 
 EXIT_ALARM = 4
 
@@ -95,6 +95,40 @@ class MonitorResult:
     report: Path
     alarms: list[Alarm] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Findings:
+    """Rows analysed and judged: the analysis, its alarms, and the exit status, verdict and last
+    line that ``medcam monitor`` gives for them."""
+
+    analysis: Analysis
+    alarms: list[Alarm]
+    exit_status: int
+    verdict: str
+    last_line: str
+
+
+def examine(table: Table, settings: Settings, reference: Table | None = None, unreadable: int = 0) -> Findings:
+    """Analyse ``table`` against ``reference`` (or its own first periods) and judge the latest
+    complete period: the verdict of ``medcam monitor`` and of the reviewer app's Monitoring page.
+
+    Args:
+        unreadable: how many inputs could not be read (exit status 3 when nothing alarms).
+
+    Raises:
+        ConfigError: the reference has no analysed rows.
+    """
+    analysis = analyse(table, settings, reference)
+    alarms = judge(analysis)
+    if alarms:
+        return Findings(analysis, alarms, EXIT_ALARM, "alarm", last_line(alarms))
+    if analysis.judged is None:
+        return Findings(analysis, alarms, EXIT_FATAL, "not judged", f"not judged: {analysis.why_not_judged}")
+    if unreadable:
+        return Findings(analysis, alarms, EXIT_INCOMPLETE, "unreadable input",
+                        f"no alarm ({analysis.judged_label}); {unreadable} input(s) could not be read")
+    return Findings(analysis, alarms, EXIT_OK, "ok", f"no alarm ({analysis.judged_label})")
 
 
 def validation_flag_rate(metadata: dict[str, Any]) -> float | None:
@@ -166,8 +200,6 @@ def monitor(options: MonitorOptions) -> MonitorResult:
         table = table.select(when.astype("datetime64[D]") >= since)
         if not len(table):
             raise MonitorError(f"no row of the inputs is dated {options.since} or later")
-    analysis = analyse(table, settings, reference)
-    alarms = judge(analysis)
     reviews: ReviewCounts | None = None
     if options.reviews is not None:
         counted = read_reviews(options.reviews, options.period)
@@ -175,32 +207,28 @@ def monitor(options: MonitorOptions) -> MonitorResult:
             unreadable.append(counted)
         else:
             reviews = counted
+    found = examine(table, settings, reference, len(unreadable))
     nodes = [node_health(spool) for spool in find_spools(options.inputs)]
 
-    if alarms:
-        status, verdict, line = EXIT_ALARM, "alarm", last_line(alarms)
-    elif analysis.judged is None:
-        status, verdict, line = EXIT_FATAL, "not judged", f"not judged: {analysis.why_not_judged}"
-    elif unreadable:
-        status, verdict = EXIT_INCOMPLETE, "unreadable input"
-        line = f"no alarm ({analysis.judged_label}); {len(unreadable)} input(s) could not be read"
-    else:
-        status, verdict, line = EXIT_OK, "ok", f"no alarm ({analysis.judged_label})"
-
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
     summary = build_summary(
-        analysis=analysis, alarms=alarms, table=table, unreadable=unreadable, exit_status=status, verdict=verdict,
-        last_line=line, reference_source=_reference_source(options), settings=_settings(options),
-        validation_rate=validation, reviews=reviews, nodes=nodes, created=created, command=options.command)
+        analysis=found.analysis, alarms=found.alarms, table=table, unreadable=unreadable,
+        exit_status=found.exit_status, verdict=found.verdict, last_line=found.last_line,
+        reference_source=_reference_source(options), settings=_settings(options), validation_rate=validation,
+        reviews=reviews, nodes=nodes, created=created_now(), command=options.command)
     options.out.mkdir(parents=True, exist_ok=True)
     summary_path = write_summary(summary, options.out / "summary.json")
-    report_path = write_report(render_report(summary, analysis, reviews), options.out / "report.html")
+    report_path = write_report(render_report(summary, found.analysis, reviews), options.out / "report.html")
     warnings = [f"could not read {u}" for u in unreadable]
-    if alarms and hook is not None:
+    if found.alarms and hook is not None:
         problem = run_on_alarm(hook, summary_path)
         if problem:
             warnings.append(problem)
-    return MonitorResult(status, line, summary_path, report_path, alarms, warnings)
+    return MonitorResult(found.exit_status, found.last_line, summary_path, report_path, found.alarms, warnings)
+
+
+def created_now() -> str:
+    """Now, UTC, as ``summary.json``'s ``created`` (``YYYY-MM-DDTHH:MM:SSZ``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _reference_source(options: MonitorOptions) -> str:

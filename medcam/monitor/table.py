@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["GROUP_COLUMNS", "NEEDED_COLUMNS", "SKIPPED_SUFFIXES", "STATUSES", "Table", "Unreadable",
-           "find_results", "read_tables"]
+           "find_results", "parse_dates", "parse_times", "read_tables"]
 
 STATUSES = ("ok", "not_analysed", "error")
 """The ``status`` values of a results row, in the order of :attr:`Table.status` codes."""
@@ -271,8 +271,8 @@ def _to_table(raw: _Raw, positive: str, number: int) -> Table:
         caution=(np.array(c["quality"], dtype=object) != "") & ok,
         model=np.array(c["model"], dtype=object),
         segmenter=np.array(c["segmenter"], dtype=object),
-        scored_at=_times(c["scored_at"]),
-        study_date=_dates(c["study_date"]),
+        scored_at=parse_times(c["scored_at"]),
+        study_date=parse_dates(c["study_date"]),
         groups={k: np.array(c[k], dtype=object) for k in GROUP_COLUMNS},
         source=np.full(raw.rows, number, dtype=np.int32),
         files=(raw.path,),
@@ -298,7 +298,7 @@ def _float(value: str) -> float:
 _ZULU = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
-def _times(values: Sequence[str]) -> np.ndarray:
+def parse_times(values: Sequence[str]) -> np.ndarray:
     """ISO 8601 times as UTC ``datetime64[s]``: medcam writes ``YYYY-MM-DDTHH:MM:SSZ``; other
     offsets are converted; anything else is NaT."""
     if all(len(v) == 20 for v in values):
@@ -321,7 +321,7 @@ def _time(value: str) -> np.datetime64:
     return np.datetime64(when.replace(microsecond=0), "s")
 
 
-def _dates(values: Sequence[str]) -> np.ndarray:
+def parse_dates(values: Sequence[str]) -> np.ndarray:
     """DICOM dates (``YYYYMMDD``) as ``datetime64[D]``; empty or malformed ones are NaT."""
     text = [f"{v[:4]}-{v[4:6]}-{v[6:8]}" if len(v) == 8 and v.isdigit() else "NaT" for v in values]
     try:

@@ -5,7 +5,9 @@
 - :mod:`~medcam.review.worklist`: images from a folder and uploads, scored, triaged, filtered;
 - :mod:`~medcam.review.display`: window presets, zoom, CAM overlay and region outlines;
 - :mod:`~medcam.review.export`: accepted regions through :func:`medcam.export.export_regions`;
-- :mod:`~medcam.review.launcher`: ``medcam review``'s Streamlit command and the app's configuration.
+- :mod:`~medcam.review.launcher`: ``medcam review``'s Streamlit command and the app's configuration;
+- :mod:`~medcam.review.monitoring`: the Monitoring page's rows (the cached scores) through
+  :mod:`medcam.monitor` (imported on its own: it needs matplotlib).
 """
 
 from medcam.review.launcher import ReviewConfig, default_db, launch, streamlit_command

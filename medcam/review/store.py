@@ -21,6 +21,14 @@ outside the lungs, "" when none; :attr:`medcam.models.Prediction.quality`) and `
 is reused only by the same segmenter (:meth:`ReviewStore.cached_scores`). Rows written by
 version 1 have none: NULL and "".
 
+Version 3 adds to ``scores`` what the app's Monitoring page (:mod:`medcam.review.monitoring`)
+needs besides ``scored_at`` (the UTC time the score was cached, there since version 1):
+``ood_score`` (the out-of-distribution score, NULL where the model has none) and
+``acquisition`` (a JSON object of the DICOM header values ``medcam score`` writes to a results
+file, :data:`medcam.scoring.results.HEADER_COLUMNS`, the empty ones left out; ``{}`` for other
+formats). Rows written before version 3 have NULL and ``{}``: they count in volume, flag rate and
+probability, not in the OOD score's drift nor in a split by header value.
+
 **Status** of an image: ``unread`` (no review row), ``in review`` (opened or edited),
 ``reviewed`` (signed off with an overall agree / disagree), ``exported`` (accepted regions
 written). Any later change to a reviewed or exported image's decisions or note puts it back
@@ -42,14 +50,14 @@ import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from medcam.errors import MedcamError
 
-__all__ = ["BUSY_TIMEOUT_S", "MIGRATIONS", "SCHEMA_VERSION", "STATUSES", "Agreement", "AuditEntry",
+__all__ = ["BUSY_TIMEOUT_S", "MIGRATIONS", "NOT_ANALYSED", "SCHEMA_VERSION", "STATUSES", "Agreement", "AuditEntry",
            "CachedScore", "Decision", "ImageRef", "RegionDecision", "Review", "ReviewStore", "Status",
            "StoreError"]
 
@@ -58,6 +66,9 @@ STATUSES: tuple[Status, ...] = get_args(Status)
 Agreement = Literal["agree", "disagree"]
 Decision = Literal["accept", "reject"]
 BUSY_TIMEOUT_S = 30.0
+NOT_ANALYSED = "not analysed: "
+"""How a cached score's ``error`` starts when the image was refused as outside the model's
+intended use (a results file's ``not_analysed`` row), rather than unreadable."""
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -112,6 +123,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE scores ADD COLUMN lung_evidence REAL;
     ALTER TABLE scores ADD COLUMN quality TEXT NOT NULL DEFAULT '';
     ALTER TABLE scores ADD COLUMN segmenter TEXT NOT NULL DEFAULT '';
+    """,
+    """
+    ALTER TABLE scores ADD COLUMN ood_score REAL;
+    ALTER TABLE scores ADD COLUMN acquisition TEXT NOT NULL DEFAULT '{}';
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -180,14 +195,30 @@ class AuditEntry:
 
 @dataclass(frozen=True)
 class CachedScore:
-    """A cached score: class probabilities, or the reason the file could not be scored; and
-    what the lung segmenter said (see the module documentation)."""
+    """A cached score: class probabilities, or the reason the file could not be scored; what
+    the lung segmenter said; the OOD score, the DICOM header values and when it was cached
+    (see the module documentation)."""
 
     probabilities: dict[str, float]
     error: str
     lung_evidence: float | None = None
     quality: str = ""
     segmenter: str = ""
+    ood_score: float | None = None
+    acquisition: dict[str, str] = field(default_factory=dict)
+    scored_at: str = ""
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``not_analysed`` or ``error``, as in a results file."""
+        if not self.error and self.probabilities:
+            return "ok"
+        return "not_analysed" if self.error.startswith(NOT_ANALYSED) else "error"
+
+    @property
+    def reason(self) -> str:
+        """Why the image was not analysed or failed, as a results file says it ("" when scored)."""
+        return self.error.removeprefix(NOT_ANALYSED)
 
 
 def _now() -> str:
@@ -359,14 +390,18 @@ class ReviewStore:
 
     def save_score(self, image_key: str, model_id: str, *, probabilities: Mapping[str, float] | None = None,
                    error: str = "", lung_evidence: float | None = None, quality: str = "",
-                   segmenter: str = "") -> None:
-        """Cache a score (or the reason there is none) for a file content hash and model, with the
-        lung segmenter's share, caution and id (replacing what another segmenter said)."""
+                   segmenter: str = "", ood_score: float | None = None,
+                   acquisition: Mapping[str, str] | None = None) -> None:
+        """Cache a score (or the reason there is none) for a file content hash and model, now, with
+        the lung segmenter's share, caution and id (replacing what another segmenter said), the OOD
+        score and the non-empty DICOM header values."""
+        header = {k: str(v) for k, v in (acquisition or {}).items() if v}
         with self._write() as con:
             con.execute("INSERT OR REPLACE INTO scores (image_key, model_id, probabilities, error, scored_at, "
-                        "lung_evidence, quality, segmenter) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "lung_evidence, quality, segmenter, ood_score, acquisition) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (image_key, model_id, json.dumps(dict(probabilities or {})), error, _now(), lung_evidence,
-                         quality, segmenter))
+                         quality, segmenter, ood_score, json.dumps(header, sort_keys=True)))
 
     # --- reads -------------------------------------------------------------------------
 
@@ -426,14 +461,22 @@ class ReviewStore:
 
     def cached_scores(self, model_id: str, *, segmenter: str | None = None) -> dict[str, CachedScore]:
         """Every cached score of ``model_id`` (made with the lung segmenter ``segmenter`` when
-        given, "" for none), by file content hash."""
-        query = ("SELECT image_key, probabilities, error, lung_evidence, quality, segmenter FROM scores "
-                 "WHERE model_id = ?" + ("" if segmenter is None else " AND segmenter = ?"))
+        given, "" for none), by file content hash, oldest first."""
+        query = ("SELECT image_key, probabilities, error, lung_evidence, quality, segmenter, ood_score, acquisition, "
+                 "scored_at FROM scores WHERE model_id = ?" + ("" if segmenter is None else " AND segmenter = ?")
+                 + " ORDER BY scored_at, image_key")
         params = (model_id,) if segmenter is None else (model_id, segmenter)
         with self._connect() as con:
             rows = con.execute(query, params).fetchall()
         return {r["image_key"]: CachedScore(json.loads(r["probabilities"]), r["error"], r["lung_evidence"],
-                                            r["quality"], r["segmenter"]) for r in rows}
+                                            r["quality"], r["segmenter"], r["ood_score"], json.loads(r["acquisition"]),
+                                            r["scored_at"]) for r in rows}
+
+    def scored_models(self) -> dict[str, int]:
+        """How many images each model id has a cached score for."""
+        with self._connect() as con:
+            rows = con.execute("SELECT model_id, COUNT(*) FROM scores GROUP BY model_id").fetchall()
+        return {str(model): int(n) for model, n in rows}
 
     def reviews_csv(self) -> str:
         """Every review as CSV: one row per image, with its accepted and rejected regions.

@@ -24,7 +24,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,9 +35,9 @@ from medcam.gate.served import ServedModel
 from medcam.io import detect_format, load_image
 from medcam.io.discover import iter_images
 from medcam.models.predictor import Prediction
-from medcam.review.store import STATUSES, ReviewStore, Status
+from medcam.review.store import NOT_ANALYSED, STATUSES, ReviewStore, Status
 
-__all__ = ["Limits", "Source", "WorkItem", "Worklist", "file_key", "image_pixels", "load_prediction",
+__all__ = ["Limits", "Source", "WorkItem", "Worklist", "cache_result", "file_key", "image_pixels", "load_prediction",
            "save_upload", "select", "triage_order"]
 
 Source = Literal["folder", "upload"]
@@ -201,6 +201,28 @@ def _safe_file_name(name: str) -> str:
     return f"{safe_name(stem, max_length=80)}{suffix}"
 
 
+def cache_result(store: ReviewStore, key: str, row: Mapping[str, str]) -> None:
+    """Cache a results row (:mod:`medcam.scoring.results`, as :func:`medcam.scoring.read_results`
+    gives it) as the score of the file whose content hash is ``key``: under the row's model and
+    segmenter, with its probabilities, ``lung_evidence``, ``quality``, OOD score and DICOM header
+    values; a row not analysed or failed keeps its reason ("not analysed: <reason>" for an image
+    outside the model's intended use), with no probability."""
+    from medcam.scoring.results import HEADER_COLUMNS
+
+    ood = float(row["ood_score"]) if row["ood_score"] else None
+    header = {c: row[c] for c in HEADER_COLUMNS}
+    if row["status"] == "ok":
+        evidence = row["lung_evidence"]
+        store.save_score(key, row["model"], probabilities={
+            c[len("prob_"):]: float(v) for c, v in row.items() if c.startswith("prob_")},
+            lung_evidence=float(evidence) if evidence else None, quality=row["quality"], segmenter=row["segmenter"],
+            ood_score=ood, acquisition=header)
+    else:
+        prefix = NOT_ANALYSED if row["status"] == "not_analysed" else ""
+        store.save_score(key, row["model"], error=prefix + row["reason"], segmenter=row["segmenter"], ood_score=ood,
+                         acquisition=header)
+
+
 def triage_order(items: Iterable[WorkItem]) -> list[WorkItem]:
     """Highest probability first; unscored and refused files last, by name."""
     return sorted(items, key=lambda i: (i.probability is None, -(i.probability or 0.0), i.name.lower(), i.path))
@@ -281,9 +303,8 @@ class Worklist:
     def score(self, classifier: ServedModel, pending: Sequence[tuple[Path, str]],
               progress: Callable[[int, int, str], None] | None = None, *, chunk: int = 8) -> None:
         """Score ``pending`` files with the batch pipeline (:func:`medcam.scoring.score`: the same
-        decoding, intended-use gate and rows as ``medcam score``) and cache each result with its
-        ``lung_evidence``, ``quality`` and segmenter, or the reason there is none: an image outside
-        the model's intended use is cached as "not analysed: <reason>", with no probability."""
+        decoding, intended-use gate and rows as ``medcam score``) and cache each result row
+        (:func:`cache_result`), or the reason there is none."""
         from medcam.scoring import ScoreOptions, read_results, score
 
         model_id, segmenter = classifier.checkpoint.model_id, classifier.segmenter_id
@@ -309,15 +330,8 @@ class Worklist:
                     row = rows.get(os.path.abspath(path))
                     if row is None:
                         self.store.save_score(key, model_id, error="not scored (no result row)", segmenter=segmenter)
-                    elif row["status"] == "ok":
-                        evidence = row["lung_evidence"]
-                        self.store.save_score(key, model_id, probabilities={
-                            c: float(row[f"prob_{c}"]) for c in classifier.classes},
-                            lung_evidence=float(evidence) if evidence else None, quality=row["quality"],
-                            segmenter=segmenter)
                     else:
-                        prefix = "not analysed: " if row["status"] == "not_analysed" else ""
-                        self.store.save_score(key, model_id, error=prefix + row["reason"], segmenter=segmenter)
+                        cache_result(self.store, key, row)
 
     def items(self, classifier: ServedModel, files: Sequence[tuple[Path, Source]] | None = None) -> list[WorkItem]:
         """One :class:`WorkItem` per distinct file content, with cached scores and statuses."""

@@ -237,3 +237,24 @@ def test_lung_outline_toggle_and_the_caution(tmp_path: Path, review_folder: Path
     assert bare.toggle(key="show_lungs").disabled
     assert not [w for w in bare.warning if "Caution" in w.value] and "lung evidence 0." not in _texts(bare)
     assert any("no lung segmenter" in c.value for c in bare.sidebar.caption)
+
+
+def test_the_monitoring_page_says_why_one_day_is_not_judged_and_keeps_the_review_choices(
+        start: Callable[[], AppTest]) -> None:
+    at = start()
+    at.sidebar.text_input(key="search").input("chest").run()
+    _choose(at, "chest_pa.dcm")
+    at.sidebar.radio(key="page").set_value("Monitoring").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [h.value for h in at.header] == ["Monitoring"]
+    assert not at.get("selectbox") or all(s.key != "image" for s in at.selectbox)  # the viewer is not drawn
+    # the worklist was scored today: one day, all of it the reference, as medcam monitor says
+    assert [i.value for i in at.info] == [
+        "**NOT JUDGED** · not judged: the rows fall in 1 day(s), and the first 2 are the reference: no day is "
+        "left to judge (give --reference, or wait for more rows)"]
+    assert "rows per period by status" in [image.proto.imgs[0].caption for image in at.get("image")]
+    at.radio(key="monitor_rows").set_value("the images of the worklist now").run()
+    assert not at.exception and at.info
+    at.sidebar.radio(key="page").set_value("Review").run()
+    assert at.sidebar.text_input(key="search").value == "chest"
+    assert at.selectbox(key="image").value is not None and _overlay(at).alt.startswith("overlay chest_pa.dcm ")

@@ -43,13 +43,51 @@ def test_a_version_1_database_gains_the_lung_columns(tmp_path: Path) -> None:
                     (IMAGE.key,))
         con.execute("INSERT INTO scores VALUES (?, 'm1', '{\"PNEUMONIA\": 0.8}', '', 't')", (IMAGE.key,))
     store = ReviewStore(path)
-    assert store.schema_version == SCHEMA_VERSION == 2
+    assert store.schema_version == SCHEMA_VERSION
     review = store.review(IMAGE.key)
     assert review is not None and (review.status, review.probability) == ("reviewed", 0.8)
     assert (review.lung_evidence, review.quality, review.segmenter) == (None, "", "")
     (old,) = store.cached_scores("m1").values()
     assert (old.probabilities, old.lung_evidence, old.quality, old.segmenter) == ({"PNEUMONIA": 0.8}, None, "", "")
     assert store.cached_scores("m1", segmenter="lungunet-x") == {}  # scored again by a segmenter
+
+
+def test_a_version_2_database_gains_the_monitoring_columns_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    with sqlite3.connect(path) as con:  # a database as medcam wrote it before the Monitoring page
+        con.executescript(MIGRATIONS[0] + MIGRATIONS[1])
+        con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        con.executemany("INSERT INTO schema_version VALUES (?, 'then')", [(1,), (2,)])
+        con.execute("INSERT INTO scores (image_key, model_id, probabilities, error, scored_at, lung_evidence, quality, "
+                    "segmenter) VALUES (?, 'm1', '{\"PNEUMONIA\": 0.8}', '', '2020-11-02T09:30:00.000+00:00', 0.6, "
+                    "'', 'lungunet-x')", (IMAGE.key,))
+        con.execute("INSERT INTO scores (image_key, model_id, error, scored_at) VALUES (?, 'm1', ?, 't')",
+                    (OTHER.key, "not analysed: not a frontal chest view"))
+        con.execute("INSERT INTO reviews (image_key, name, path, status, reviewer, created_at, updated_at) "
+                    "VALUES (?, 'chest.dcm', '/data/chest.dcm', 'in review', 'Dr A', 't', 't')", (IMAGE.key,))
+    before = path.stat().st_ino
+    store = ReviewStore(path)
+    assert store.schema_version == SCHEMA_VERSION == 3
+    assert path.stat().st_ino == before  # migrated in place, not rewritten
+    with sqlite3.connect(path) as con:
+        assert [v for (v,) in con.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
+    old = store.cached_scores("m1")
+    assert (old[IMAGE.key].probabilities, old[IMAGE.key].lung_evidence, old[IMAGE.key].segmenter) == (
+        {"PNEUMONIA": 0.8}, 0.6, "lungunet-x")
+    assert (old[IMAGE.key].ood_score, old[IMAGE.key].acquisition) == (None, {})  # unknown before version 3
+    assert old[IMAGE.key].scored_at == "2020-11-02T09:30:00.000+00:00"  # kept as it was
+    assert (old[IMAGE.key].status, old[IMAGE.key].reason) == ("ok", "")
+    assert (old[OTHER.key].status, old[OTHER.key].reason) == ("not_analysed", "not a frontal chest view")
+    review = store.review(IMAGE.key)
+    assert review is not None and review.status == "in review"
+    store.save_score(OTHER.key, "m1", probabilities={"PNEUMONIA": 0.2}, ood_score=31.5,
+                     acquisition={"manufacturer": "ACME", "station_name": "", "study_date": "20261103"})
+    new = ReviewStore(path).cached_scores("m1")[OTHER.key]
+    assert (new.ood_score, new.acquisition) == (31.5, {"manufacturer": "ACME", "study_date": "20261103"})
+    assert new.status == "ok" and new.scored_at > old[IMAGE.key].scored_at
+    store.save_score(IMAGE.key, "m1", error="a structured report")
+    assert ReviewStore(path).cached_scores("m1")[IMAGE.key].status == "error"
+    assert store.scored_models() == {"m1": 2}
 
 
 def test_the_lung_columns_round_trip(tmp_path: Path) -> None:
