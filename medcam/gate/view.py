@@ -62,8 +62,8 @@ def _image_symmetry(images: torch.Tensor) -> np.ndarray:
     small = F.adaptive_avg_pool2d(images.float().cpu(), 64)[:, 0]
     best = torch.full((small.shape[0],), -1.0)
     for shift in _SHIFTS:
-        a = torch.roll(small, shift, dims=2)[:, :, 10:54].flatten(1)
-        b = torch.roll(small, shift, dims=2)[:, :, 10:54].flip(2).flatten(1)
+        window = torch.roll(small, shift, dims=2)[:, :, 10:54]
+        a, b = window.flatten(1), window.flip(2).flatten(1)
         a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
         corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-9)
         best = torch.maximum(best, corr)

@@ -112,7 +112,7 @@ class LungSegmenter:
 
     Attributes:
         segmenter_id: ``lungunet-`` + the SHA-256 prefix of the checkpoint file.
-        metadata: what training recorded (data, Dice per source, the view check's limits ...).
+        metadata: what training recorded (data, the test patients, Dice per source ...).
     """
 
     network: nn.Module
