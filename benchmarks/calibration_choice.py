@@ -4,7 +4,7 @@
 
 The model's logits on the split (``--model``, default the bundled one; the calibration does
 not change them) are calibrated by four maps, each fitted by negative log-likelihood
-(:func:`medcam.calibration.fit_calibration`):
+(:func:`medcam.training.calibration.fit_calibration`):
 
 - ``pooled T``: one temperature on the pooled split (the larger population dominates);
 - ``balanced T``: one temperature, every population weighing the same;
@@ -25,9 +25,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from medcam.calibration import Calibration, expected_calibration_error, fit_calibration
-from medcam.data import read_samples
 from medcam.gate import ServedModel, collect_features
+from medcam.training.calibration import Calibration, expected_calibration_error, fit_calibration
+from medcam.training.data import read_samples
 
 Fitted = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (logits, populations) -> positive probability
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcam.calibration import expected_calibration_error
+from medcam.training.calibration import expected_calibration_error
 
 
 def main() -> None:

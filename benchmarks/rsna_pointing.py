@@ -7,7 +7,7 @@ finds the regions of the positive class, and they are exported (PNG overlay) wit
 1024-pixel coordinates: ``x, y, width, height``), for the images that have boxes:
 
 - **pointing game**: a hit when the raw map's maximum lies inside a ground-truth box, with
-  5% of the image side as tolerance (:func:`medcam.localisation.pointing_hit`, as
+  5% of the image side as tolerance (:func:`medcam.training.localisation.pointing_hit`, as
   ``medcam evaluate --boxes``);
 - **box IoU**: the best intersection-over-union between a region's bounding box and a
   ground-truth box (pixel edges, ends exclusive).
@@ -34,9 +34,9 @@ from medcam.errors import CheckpointError
 from medcam.export import export_regions
 from medcam.gate.served import ServedModel
 from medcam.io import load_image
-from medcam.localisation import Box, best_iou, boxes_for, pointing_hit, read_boxes
 from medcam.models.checkpoint import BUNDLED_MODEL, bundled_checkpoint_path
 from medcam.regions import RegionOptions, RegionSet, find_regions, parse_threshold
+from medcam.training.localisation import Box, best_iou, boxes_for, pointing_hit, read_boxes
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr" / "rsna"
 

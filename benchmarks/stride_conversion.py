@@ -18,10 +18,10 @@ import dataclasses
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from medcam.data import read_samples
 from medcam.gate import ServedModel, collect_features
 from medcam.models import load_checkpoint
 from medcam.models.networks import build_network
+from medcam.training.data import read_samples
 
 
 def main() -> None:

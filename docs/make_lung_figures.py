@@ -25,12 +25,12 @@ import torch
 from PIL import Image as PILImage
 from skimage.segmentation import find_boundaries
 
-from medcam.data import read_samples
 from medcam.gate import ServedModel
 from medcam.io import load_image
 from medcam.io.provenance import PNG_TEXT
 from medcam.models.lungs import load_segmenter
 from medcam.models.preprocess import prepare
+from medcam.training.data import read_samples
 from medcam.training.lungs import dice, predict_lungs, read_lung_samples, split_lung_samples
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from medcam.config import load_config
-    from medcam.train import train
+    from medcam.training.train import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,8 +128,8 @@ def _listen(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from medcam.evaluate import evaluate
     from medcam.gate.served import ServedModel
+    from medcam.training.evaluate import evaluate
 
     result = evaluate(ServedModel(args.model, device=args.device, segmenter=_segmenter(args)), args.data, args.out,
                       batch_size=args.batch_size, command=shlex.join(["medcam", *sys.argv[1:]]), boxes=args.boxes,
@@ -153,7 +153,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _recalibrate(args: argparse.Namespace) -> int:
-    from medcam.train import recalibrate
+    from medcam.training.train import recalibrate
 
     try:
         model_id = recalibrate(args.model, args.data, out=args.out, sensitivity=args.sensitivity,
@@ -184,9 +184,9 @@ def _intended_use(args: argparse.Namespace) -> int:
 
 
 def _model_card(args: argparse.Namespace) -> int:
-    from medcam.modelcard import render_model_card
     from medcam.models.checkpoint import load_checkpoint
     from medcam.models.lungs import load_segmenter
+    from medcam.training.modelcard import render_model_card
 
     evaluations = dict(item.split("=", 1) for item in args.eval)
     notes = Path(args.notes).read_text() if args.notes else ""

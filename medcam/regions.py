@@ -23,7 +23,7 @@ radiologist sees.
 
 where ``M(x)`` are the raw maps of every class at ``x`` (logit units) and ``T`` and ``b`` the
 model's calibration temperature and per-class bias (``b = 0`` without one; see
-:mod:`medcam.calibration`). A single-pass CAM's spatial mean is the logit, so ``P_k(x)`` is
+:mod:`medcam.models.calibration`). A single-pass CAM's spatial mean is the logit, so ``P_k(x)`` is
 the calibrated probability the model would give class ``k`` if every position of its feature
 grid looked like ``x``; for two classes it is ``sigmoid((M_k(x) - M_j(x)) / T + b_k - b_j)``.
 

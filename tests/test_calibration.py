@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from medcam.calibration import (
+from medcam.training.calibration import (
     Calibration,
     expected_calibration_error,
     fit_calibration,
     fit_operating_point,
     screening_threshold,
 )
-from medcam.evaluate import evaluate_scores
+from medcam.training.evaluate import evaluate_scores
 
 
 def _cases(n: int, scale: float, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

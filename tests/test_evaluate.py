@@ -12,9 +12,9 @@ import torch
 from PIL import Image as PILImage
 
 from medcam.cli import main
-from medcam.localisation import best_iou, box_iou, boxes_for, pointing_hit, read_boxes
-from medcam.modelcard import render_model_card
 from medcam.models import load_checkpoint
+from medcam.training.localisation import best_iou, box_iou, boxes_for, pointing_hit, read_boxes
+from medcam.training.modelcard import render_model_card
 
 
 def test_pointing_hit_uses_the_peak_pixel_centre_and_the_tolerance() -> None:

@@ -23,7 +23,6 @@ from pydicom import Dataset
 from pydicom.data import get_testdata_files
 from pydicom.sequence import Sequence as DicomSequence
 
-from medcam.data import read_samples, split_by_patient
 from medcam.errors import CheckpointError, ConfigError
 from medcam.gate import (
     IntendedUse,
@@ -42,6 +41,7 @@ from medcam.gate import (
 from medcam.gate.tags import SECONDARY_CAPTURE_SOP_CLASSES, SINGLE_FRAME_CAPTURE, tag_notes
 from medcam.io import read_dicom
 from medcam.models import load_checkpoint
+from medcam.training.data import read_samples, split_by_patient
 from tests.conftest import SHARED
 from tests.conftest import testdata_path as _testdata
 

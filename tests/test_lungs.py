@@ -202,7 +202,7 @@ def test_the_served_mask_matches_the_manual_mask_on_the_source_grid_of_a_cropped
 
 
 def test_the_evidence_threshold_weighs_each_population_the_same() -> None:
-    from medcam.data import Sample
+    from medcam.training.data import Sample
     from medcam.training.lung_gate import Measured, evidence_threshold
 
     def films(population: str, shares: list[float]) -> list[Measured]:

@@ -17,7 +17,6 @@ from monai.visualize import GradCAM as MonaiGradCAM
 from monai.visualize.visualizer import default_upsampler
 from torch import nn
 
-from medcam.calibration import Calibration
 from medcam.config import ModelConfig, PreprocessConfig
 from medcam.errors import CheckpointError, ConfigError, UnsupportedModelError
 from medcam.io.image import Image
@@ -35,6 +34,7 @@ from medcam.models import (
     normalise_maps,
     save_checkpoint,
 )
+from medcam.models.calibration import Calibration
 from medcam.models.checkpoint import resave_checkpoint
 from medcam.models.grid import resize_to_model
 from medcam.models.networks import build_network

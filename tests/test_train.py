@@ -13,11 +13,11 @@ import torch
 from PIL import Image as PILImage
 
 from medcam.config import Config, DataConfig, PreprocessConfig, TrainConfig, load_config
-from medcam.data import read_samples, split_by_patient
 from medcam.errors import ConfigError
-from medcam.modelcard import render_model_card
 from medcam.models import Classifier, load_checkpoint, save_checkpoint
-from medcam.train import recalibrate, sampling_weights, train
+from medcam.training.data import read_samples, split_by_patient
+from medcam.training.modelcard import render_model_card
+from medcam.training.train import recalibrate, sampling_weights, train
 
 
 @pytest.fixture(scope="module")

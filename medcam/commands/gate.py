@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from medcam.data import read_samples
 from medcam.errors import ConfigError
 from medcam.gate import (
     IntendedUse,
@@ -22,6 +21,7 @@ from medcam.gate import (
 )
 from medcam.gate.served import ServedModel
 from medcam.models.checkpoint import load_checkpoint
+from medcam.training.data import read_samples
 
 __all__ = ["fit_ood_command", "fit_ood_on", "intended_use_command"]
 

@@ -274,7 +274,7 @@ class FeatureSet:
         kept: the index in the input list of each row of :attr:`features`.
         failures: ``(path, reason)`` of every file that was refused; the others go on.
         logits: ``(len(kept), K)`` float32 logits of the same forward pass, on the CPU (what
-            :func:`~medcam.train.recalibrate` fits the calibration on); None when not collected.
+            :func:`~medcam.training.train.recalibrate` fits the calibration on); None when not collected.
     """
 
     features: torch.Tensor
@@ -288,7 +288,7 @@ def collect_features(classifier: Classifier, paths: Sequence[str | Path], *,
     """Pooled features and logits of ``paths``, read and prepared as for scoring, ``batch_size`` at a time.
 
     For fitting :func:`fit_ood` (training or a ``fit-ood`` command) and the calibration
-    (:func:`~medcam.train.recalibrate`): a file that cannot be read becomes a row of
+    (:func:`~medcam.training.train.recalibrate`): a file that cannot be read becomes a row of
     :attr:`FeatureSet.failures` with its reason, and is left out of :attr:`FeatureSet.kept`.
 
     Raises:

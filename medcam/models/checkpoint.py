@@ -8,7 +8,7 @@ A checkpoint is a plain dictionary saved by :func:`torch.save`::
 ``metadata`` holds only strings, numbers, booleans, lists and dicts, so that loading never
 unpickles arbitrary objects. It carries the model config, the preprocessing, the
 calibration (``temperature``, and ``class_bias`` for Platt scaling, see
-:mod:`medcam.calibration`) and operating threshold, and whatever training recorded. A file
+:mod:`medcam.training.calibration`) and operating threshold, and whatever training recorded. A file
 with a ``class_bias`` is format version 2, so that a medcam too old to apply the bias refuses
 it instead of reporting wrong probabilities; one whose network has an output stride other than
 32 (``model.output_stride``) is version 3 for the same reason; the others stay version 1, and
@@ -30,10 +30,10 @@ import torch
 from torch import nn
 
 import medcam
-from medcam.calibration import Calibration
 from medcam.config import ModelConfig, PreprocessConfig
 from medcam.errors import CheckpointError, ConfigError
 from medcam.files import atomic_open
+from medcam.models.calibration import Calibration
 from medcam.models.networks import build_network
 
 __all__ = ["BUNDLED_MODEL", "Checkpoint", "file_id", "load_checkpoint", "plain_metadata", "read_payload",

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from medcam.calibration import Calibration
 from medcam.errors import CheckpointError
 from medcam.io.image import Image
+from medcam.models.calibration import Calibration
 from medcam.models.cam import CAMMethod, CAMOutput, SinglePassCAM, convert_to_cam, find_gap_layer
 from medcam.models.checkpoint import BUNDLED_MODEL, Checkpoint, load_checkpoint
 from medcam.models.gradient import GradCAM, GradCAMpp, OcclusionCAM

@@ -33,7 +33,6 @@ import torch
 from sklearn.covariance import LedoitWolf
 
 from medcam.config import load_config
-from medcam.data import Sample, read_samples, split_by_patient, write_samples
 from medcam.errors import ConfigError, MedcamError
 from medcam.gate.metadata import update_checkpoint
 from medcam.gate.served import ServedModel
@@ -42,8 +41,9 @@ from medcam.gate.view import FrontalPopulation, ViewCheck, view_measures
 from medcam.io import load_image
 from medcam.models.predictor import EVIDENCE_KEY
 from medcam.models.preprocess import prepare
-from medcam.train import read_populations, split_populations
+from medcam.training.data import Sample, read_samples, split_by_patient, write_samples
 from medcam.training.lungs import load_lungs_config, read_lung_samples, split_lung_samples
+from medcam.training.train import read_populations, split_populations
 
 __all__ = ["Measured", "evidence_threshold", "fit_lung_gate", "fit_view_check", "frontal_splits", "measure"]
 
@@ -54,7 +54,7 @@ def frontal_splits(classifier_config: str | Path, lungs_config: str | Path, rsna
                    *, seed: int = 0) -> tuple[Path, Path]:
     """Write ``out/val.csv`` and ``out/test.csv``: the frontal populations' validation and test films.
 
-    Columns as :func:`medcam.data.write_samples` (with ``population``); the RSNA films keep a
+    Columns as :func:`medcam.training.data.write_samples` (with ``population``); the RSNA films keep a
     ``finding`` (PNEUMONIA, NORMAL or OTHER) in ``label_name`` only as NORMAL/PNEUMONIA, since
     OTHER films are not pneumonia.
     """

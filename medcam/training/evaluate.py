@@ -12,7 +12,7 @@ Writes to the output folder:
 When the data names populations (``population`` column, as ``medcam train`` writes its
 splits) the same metrics are reported per population in ``groups``, and per view within a
 population that has views (``adult/PA``, ``adult/AP``), so that a confounder such as view
-cannot carry the overall figure unseen. With ``boxes`` (see :mod:`medcam.localisation`),
+cannot carry the overall figure unseen. With ``boxes`` (see :mod:`medcam.training.localisation`),
 ``localisation`` has the pointing game (the positive class map's maximum inside a box, 5% of
 the image side as tolerance) and the best region's IoU with the boxes, over the images that
 have boxes. When the model has image-gate statistics, ``ood_refused`` is the share of
@@ -36,13 +36,13 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
-from medcam.calibration import expected_calibration_error
-from medcam.data import Sample, read_samples
 from medcam.gate.served import ServedModel
 from medcam.io import load_image
 from medcam.io.provenance import PNG_TEXT
-from medcam.localisation import best_iou, boxes_for, pointing_hit, read_boxes
 from medcam.regions import RegionOptions, find_regions
+from medcam.training.calibration import expected_calibration_error
+from medcam.training.data import Sample, read_samples
+from medcam.training.localisation import best_iou, boxes_for, pointing_hit, read_boxes
 
 __all__ = ["Evaluation", "evaluate", "evaluate_scores"]
 

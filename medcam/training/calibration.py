@@ -1,4 +1,4 @@
-"""Calibration and operating points: the calibration map, screening threshold, ECE.
+"""Fitting calibration and operating points: the calibration map's fit, screening threshold, ECE.
 
 A model's calibrated probabilities are ``softmax(logits / T + b)``
 (:class:`Calibration`): temperature scaling (Guo et al., "On Calibration of Modern Neural
@@ -16,50 +16,15 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from medcam.models.calibration import Calibration
+
 __all__ = ["Calibration", "OperatingPoint", "expected_calibration_error", "fit_calibration", "fit_operating_point",
            "operating_threshold", "screening_threshold"]
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The map from logits to calibrated probabilities, ``softmax(logits / temperature + bias)``.
-
-    Attributes:
-        temperature: divides the logits; above 1 softens overconfident probabilities.
-        bias: one value per class added after the division (Platt scaling), or None for
-            temperature scaling alone. Only differences between classes matter; the fit
-            leaves the first class at 0.
-    """
-
-    temperature: float = 1.0
-    bias: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be a positive number, got {self.temperature!r}")
-        if self.bias is not None and not all(math.isfinite(b) for b in self.bias):
-            raise ValueError(f"bias must hold finite numbers, got {self.bias!r}")
-
-    def __call__(self, logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
-        """Calibrated probabilities of ``logits``, whose classes lie along ``dim``.
-
-        Raises:
-            ValueError: ``bias`` does not have one value per class.
-        """
-        z = logits / self.temperature
-        if self.bias is not None:
-            if len(self.bias) != z.shape[dim]:
-                raise ValueError(f"bias has {len(self.bias)} values but the logits {z.shape[dim]} classes")
-            shape = [1] * z.ndim
-            shape[dim] = len(self.bias)
-            z = z + torch.tensor(self.bias, dtype=z.dtype, device=z.device).reshape(shape)
-        return torch.softmax(z, dim=dim)
 
 
 def fit_calibration(logits: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None, *,

@@ -47,10 +47,8 @@ from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
 import medcam
-from medcam.calibration import Calibration, fit_operating_point
 from medcam.commands.gate import fit_ood_on
 from medcam.config import Config, ModelConfig, TrainConfig
-from medcam.data import Sample, data_hash, read_samples, split_by_patient, write_samples
 from medcam.errors import ConfigError
 from medcam.files import atomic_open
 from medcam.gate import IntendedUse, collect_features, write_intended_use, write_ood
@@ -59,6 +57,8 @@ from medcam.io import load_image
 from medcam.models.checkpoint import load_checkpoint, resave_checkpoint, save_checkpoint
 from medcam.models.networks import build_network
 from medcam.models.preprocess import resize, standardise
+from medcam.training.calibration import Calibration, fit_operating_point
+from medcam.training.data import Sample, data_hash, read_samples, split_by_patient, write_samples
 
 __all__ = ["read_populations", "sampling_weights", "split_populations", "train"]
 
@@ -362,7 +362,7 @@ def recalibrate(model: str | Path, data: str | Path, *, out: str | Path, sensiti
                 bias: bool = True, batch_size: int = 16, log: Any = print) -> str:
     """Refit a checkpoint's calibration and operating threshold on labelled validation data.
 
-    As :func:`train` does at its end (:func:`~medcam.calibration.fit_operating_point`), but on
+    As :func:`train` does at its end (:func:`~medcam.training.calibration.fit_operating_point`), but on
     the checkpoint as it is served (float16 weights, the scoring pipeline's decoding); the
     weights and every other metadata entry are kept, and the ``calibration`` entry records the
     data, the map and threshold replaced, and the per-population figures. Returns the model id
