@@ -88,12 +88,18 @@ class DatasetConfig:
         balance: the CSV columns whose combinations are sampled equally often within the
             population (``label`` balances the classes; ``[label, view]`` also keeps a view
             that is confounded with the label from carrying the prediction).
+        labels: label values of the CSV that are findings, not classes, mapped onto a class
+            (RSNA: ``{OTHER: NORMAL}``); the value is kept as the sample's finding.
+        boxes: a CSV of the positive films' boxes (``file, x, y, width, height`` in source
+            pixels, as RSNA's ``boxes.csv``) for the map loss (``train.box_loss``).
     """
 
     name: str = ""
     source: str = ""
     weight: float = 1.0
     balance: tuple[str, ...] = ("label",)
+    labels: dict[str, str] = field(default_factory=dict)
+    boxes: str = ""
 
     def __post_init__(self) -> None:
         if not self.name or not self.source:
@@ -112,7 +118,11 @@ class DataConfig:
     Each population's patients are split on their own into train / validation (early
     stopping, calibration, threshold) / test (reported only). Relative paths are resolved
     against the config file's folder; ``subsample`` keeps that many images per population
-    (for a quick run).
+    (for a quick run). ``dedupe: [adult, rsna]`` drops from the first population every film
+    that is also, pixel for pixel, a film of the second, whose copy then counts as a film of
+    the first's patient (:func:`medcam.training.data.pixel_duplicates`). ``parent``: the config that trained
+    ``train.init_from``; its patients keep their part (train, validation, test), so that a
+    fine-tuned model is never tested on films its parent trained on.
     """
 
     source: str = ""
@@ -120,6 +130,8 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     subsample: int | None = None
+    dedupe: tuple[str, ...] = ()
+    parent: str = ""
 
     def __post_init__(self) -> None:
         for name in ("val_fraction", "test_fraction"):
@@ -136,6 +148,10 @@ class DataConfig:
         names = [e.name for e in entries]
         if len(set(names)) != len(names):
             raise ConfigError(f"data.sources: population names must be distinct, got {names}")
+        if self.dedupe and (len(self.dedupe) != 2 or not set(self.dedupe) <= set(names)
+                            or self.dedupe[0] == self.dedupe[1]):
+            raise ConfigError(f"data.dedupe must name two of the populations {names} "
+                              f"(drop from the first, keep in the second), got {list(self.dedupe)}")
 
     @property
     def datasets(self) -> tuple[DatasetConfig, ...]:
@@ -178,12 +194,17 @@ class TrainConfig:
     init_model_id: str = ""
     ema: float = 0.0
     erase: float = 0.0
+    lung_loss: float = 0.0
+    box_loss: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.ema < 1:
             raise ConfigError(f"train.ema must be in [0, 1) (0: off), got {self.ema!r}")
         if not 0 <= self.erase <= 1:
             raise ConfigError(f"train.erase must be a probability in [0, 1], got {self.erase!r}")
+        for name in ("lung_loss", "box_loss"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"train.{name} must be >= 0 (0: off), got {getattr(self, name)!r}")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"train.label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
         if self.init_from and not self.init_model_id:
@@ -324,8 +345,9 @@ def load_config(path: str | Path) -> Config:
         return value if not value or Path(value).is_absolute() else str((path.parent / value).resolve())
 
     data = dataclasses.replace(
-        config.data, source=resolve(config.data.source),
-        sources=tuple(dataclasses.replace(e, source=resolve(e.source)) for e in config.data.sources))
+        config.data, source=resolve(config.data.source), parent=resolve(config.data.parent),
+        sources=tuple(dataclasses.replace(e, source=resolve(e.source), boxes=resolve(e.boxes))
+                      for e in config.data.sources))
     train = config.train
     if train.init_from and train.init_from != "bundled":
         train = dataclasses.replace(train, init_from=resolve(train.init_from))

@@ -12,10 +12,16 @@ Writes to the output folder:
 When the data names populations (``population`` column, as ``medcam train`` writes its
 splits) the same metrics are reported per population in ``groups``, and per view within a
 population that has views (``adult/PA``, ``adult/AP``), so that a confounder such as view
-cannot carry the overall figure unseen. With ``boxes`` (see :mod:`medcam.training.localisation`),
-``localisation`` has the pointing game (the positive class map's maximum inside a box, 5% of
-the image side as tolerance) and the best region's IoU with the boxes, over the images that
-have boxes. When the model has image-gate statistics, ``ood_refused`` is the share of
+cannot carry the overall figure unseen. Where the data keeps a finding finer than the label
+(``finding`` column: RSNA's ``PNEUMONIA``, ``NORMAL``, ``OTHER``), a population with two or
+more negative findings also gets the positives against each negative finding alone
+(``rsna: PNEUMONIA vs NORMAL``: opacity vs normal; ``rsna`` itself is opacity vs all) and the
+share flagged of every finding (``rsna: OTHER``). With ``boxes`` (see
+:mod:`medcam.training.localisation`), ``localisation`` has the pointing game (the positive class
+map's maximum inside a box, 5% of the image side as tolerance) and the best region's IoU with
+the boxes, over the images that have boxes, overall and per population
+(``localisation.populations``); ``predictions.csv`` then says per image whether the map's peak
+hit a box. When the model has image-gate statistics, ``ood_refused`` is the share of
 images the gate would refuse.
 """
 
@@ -127,15 +133,17 @@ def evaluate(classifier: ServedModel, data: str | Path, out: str | Path, *, batc
     ood: list[float] = []
     hits: list[bool] = []
     ious: list[float] = []
+    hit_of: dict[int, bool] = {}
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluate", unit="batch"):
         chunk = samples[start:start + batch_size]
         predictions = classifier.classify([load_image(s.path) for s in chunk], batch_size=batch_size)
         probs[start:start + len(chunk)] = [float(p.probabilities[positive]) for p in predictions]
         ood += [p.ood_score for p in predictions if p.ood_score is not None]
-        for sample, prediction in zip(chunk, predictions, strict=True):
+        for index, (sample, prediction) in enumerate(zip(chunk, predictions, strict=True), start=start):
             gt = boxes_for(sample.path, reference)
             if gt:
                 hits.append(pointing_hit(prediction.maps[positive], gt))
+                hit_of[index] = hits[-1]
                 found = find_regions(prediction, prediction.positive_class, regions or RegionOptions())
                 ious.append(best_iou([r.bbox for r in found], gt))
     labels = np.array([int(s.label == positive) for s in samples])
@@ -146,13 +154,14 @@ def evaluate(classifier: ServedModel, data: str | Path, out: str | Path, *, batc
         metrics["localisation"] = {"n_with_boxes": len(hits), "pointing_game": float(np.mean(hits)) if hits else None,
                                    "pointing_tolerance": 0.05,
                                    "mean_best_iou": float(np.mean(ious)) if ious else None,
-                                   "regions": (regions or RegionOptions()).describe(), "boxes": str(boxes)}
+                                   "regions": (regions or RegionOptions()).describe(), "boxes": str(boxes),
+                                   "populations": _pointing_by_population(samples, hit_of)}
     if ood and classifier.ood is not None:
         metrics["ood_refused"] = float(np.mean(np.array(ood) > classifier.ood.threshold))
     metrics.update({"model": ckpt.model_id, "data": str(data), "positive_class": ckpt.model.positive_class,
                     "temperature": ckpt.temperature, "class_bias": ckpt.class_bias, "command": command})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _write_predictions(out / "predictions.csv", samples, probs, labels)
+    _write_predictions(out / "predictions.csv", samples, probs, labels, hit_of)
     _plot_roc(out / "roc.png", probs, labels, metrics)
     _plot_reliability(out / "reliability.png", probs, labels, metrics)
     _plot_confusion(out / "confusion.png", metrics, ckpt.model.positive_class)
@@ -161,29 +170,49 @@ def evaluate(classifier: ServedModel, data: str | Path, out: str | Path, *, batc
 
 def _group_metrics(samples: Sequence[Sample], probs: np.ndarray, labels: np.ndarray, patients: np.ndarray,
                    threshold: float) -> dict[str, dict[str, Any]]:
-    """The metrics of each population, and of each view within a population that has views."""
+    """The metrics of each population, of each view within it, and of its findings (module docstring)."""
     keys: dict[str, np.ndarray] = {}
     populations = np.array([s.population for s in samples])
     views = np.array([s.view for s in samples])
+    findings = np.array([s.finding for s in samples])
     for population in sorted(set(populations) - {""}):
-        keys[population] = populations == population
-        for view in sorted(set(views[populations == population]) - {""}):
-            keys[f"{population}/{view}"] = (populations == population) & (views == view)
+        inside = populations == population
+        keys[population] = inside
+        for view in sorted(set(views[inside]) - {""}):
+            keys[f"{population}/{view}"] = inside & (views == view)
+        negative = sorted(set(findings[inside & (labels == 0)]) - {""})
+        if len(negative) >= 2:
+            positive = sorted(set(findings[inside & (labels == 1)]) - {""})
+            for finding in negative:
+                name = f"{population}: {'/'.join(positive) or 'positive'} vs {finding}"
+                keys[name] = inside & ((labels == 1) | (findings == finding))
+            for finding in [*positive, *negative]:
+                keys[f"{population}: {finding}"] = inside & (findings == finding)
     out: dict[str, dict[str, Any]] = {}
     for name, mask in keys.items():
-        if labels[mask].min() == labels[mask].max():  # one class only: no AUROC
-            out[name] = {"n": int(mask.sum()), "n_positive": int(labels[mask].sum()), "auroc": None}
+        if labels[mask].min() == labels[mask].max():  # one class only: no AUROC, the share flagged
+            out[name] = {"n": int(mask.sum()), "n_positive": int(labels[mask].sum()), "auroc": None,
+                         "flagged": float(np.mean(probs[mask] >= threshold))}
             continue
         out[name] = evaluate_scores(probs[mask], labels[mask], patients[mask], threshold)
     return out
 
 
-def _write_predictions(path: Path, samples: Sequence[Sample], probs: np.ndarray, labels: np.ndarray) -> None:
+def _pointing_by_population(samples: Sequence[Sample], hit_of: dict[int, bool]) -> dict[str, dict[str, Any]]:
+    by: dict[str, list[bool]] = {}
+    for index, hit in hit_of.items():
+        by.setdefault(samples[index].population or "all", []).append(hit)
+    return {name: {"n_with_boxes": len(found), "pointing_game": float(np.mean(found))} for name, found in by.items()}
+
+
+def _write_predictions(path: Path, samples: Sequence[Sample], probs: np.ndarray, labels: np.ndarray,
+                       hit_of: dict[int, bool]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "patient_id", "label", "probability"])
-        for s, p, y in zip(samples, probs, labels, strict=True):
-            writer.writerow([s.path, s.patient_id, int(y), f"{p:.6f}"])
+        writer.writerow(["file", "patient_id", "population", "view", "finding", "label", "probability", "pointing_hit"])
+        for index, (s, p, y) in enumerate(zip(samples, probs, labels, strict=True)):
+            hit = "" if index not in hit_of else int(hit_of[index])
+            writer.writerow([s.path, s.patient_id, s.population, s.view, s.finding, int(y), f"{p:.6f}", hit])
 
 
 def _plot_roc(path: Path, probs: np.ndarray, labels: np.ndarray, m: dict[str, Any]) -> None:

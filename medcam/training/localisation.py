@@ -46,11 +46,18 @@ def read_boxes(path: str | Path) -> dict[str, list[Box]]:
 
 
 def boxes_for(path: str, boxes: dict[str, list[Box]]) -> list[Box]:
-    """The boxes of the image at ``path``: by full path, file name, or name without extension."""
+    """The boxes of the image at ``path``: by full path, file name, or name without extension.
+
+    A key written as a relative path (``images/x.jpg``, as RSNA's ``boxes.csv``) matches by its
+    file name.
+    """
+    if path in boxes:
+        return boxes[path]
     name = Path(path).name
-    for key in (path, name, name.removesuffix(".gz").rsplit(".", 1)[0]):
-        if key in boxes:
-            return boxes[key]
+    stem = name.removesuffix(".gz").rsplit(".", 1)[0]
+    for key, found in boxes.items():
+        if key in (name, stem) or Path(key).name == name:
+            return found
     return []
 
 

@@ -23,13 +23,14 @@ import math
 import platform
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import monai
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.data import CacheDataset, DataLoader
 from monai.transforms import (
     Compose,
@@ -48,50 +49,86 @@ from tqdm import tqdm
 
 import medcam
 from medcam.commands.gate import fit_ood_on
-from medcam.config import Config, ModelConfig, TrainConfig
+from medcam.config import Config, ModelConfig, TrainConfig, load_config
 from medcam.errors import ConfigError
 from medcam.files import atomic_open
 from medcam.gate import IntendedUse, collect_features, write_intended_use, write_ood
 from medcam.gate.served import ServedModel
 from medcam.io import load_image
+from medcam.models.cam import CAMOutput, convert_to_cam
 from medcam.models.checkpoint import load_checkpoint, resave_checkpoint, save_checkpoint
+from medcam.models.grid import GridTransform
+from medcam.models.lungs import LungSegmenter, load_segmenter
 from medcam.models.networks import build_network
 from medcam.models.preprocess import resize, standardise
 from medcam.training.calibration import Calibration, fit_operating_point
-from medcam.training.data import Sample, data_hash, read_samples, split_by_patient, write_samples
+from medcam.training.data import Sample, data_hash, pixel_duplicates, read_samples, split_by_patient, write_samples
+from medcam.training.localisation import Box, boxes_for, read_boxes
 
-__all__ = ["read_populations", "sampling_weights", "split_populations", "train"]
+__all__ = ["map_losses", "read_boxes_of", "read_populations", "recalibrate", "sampling_weights", "split_populations",
+           "train"]
 
 
-def _load_resized(config: Config) -> Lambda:
-    """Deterministic, so CacheDataset caches its output: the image resized onto the model grid."""
+def _box_mask(boxes: Sequence[Box], transform: GridTransform) -> torch.Tensor:
+    """1 inside any of ``boxes`` (source pixels, ends exclusive) on the model grid, else 0: ``(1, n, n)`` uint8."""
+    mask = torch.zeros((1, *transform.model_shape), dtype=torch.uint8)
+    for box in boxes:
+        corners = transform.source_to_model(torch.tensor([[box[0], box[1]], [box[2], box[3]]], dtype=torch.float64))
+        r0, c0 = (int(v) for v in corners[0].floor())
+        r1, c1 = (int(v) for v in corners[1].ceil())
+        mask[0, max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = 1
+    return mask
+
+
+def _load_resized(config: Config, segmenter: LungSegmenter | None, with_boxes: bool) -> Lambda:
+    """Deterministic, so CacheDataset caches its output: the image resized onto the model grid.
+
+    With a ``segmenter``, also ``lungs``: its mask (uint8, 1 inside) on the model grid, from
+    the resized image as the served pipeline computes it; with ``with_boxes``, ``boxes``: the
+    sample's boxes as a mask on the model grid (all 0 for a film without boxes).
+    """
 
     def load(sample: dict[str, Any]) -> dict[str, Any]:
         pixels = torch.from_numpy(load_image(sample["path"]).pixels)
-        image, _ = resize(pixels, config.preprocess)
-        return {"image": image, "label": sample["label"]}
+        image, transform = resize(pixels, config.preprocess)
+        out = {"image": image, "label": sample["label"]}
+        if segmenter is not None:
+            probabilities = segmenter(image[None].float())
+            probabilities = F.interpolate(probabilities, size=tuple(image.shape[1:]), mode="bilinear",
+                                          align_corners=False)
+            out["lungs"] = (probabilities[0] >= 0.5).to(torch.uint8)
+        if with_boxes:
+            out["boxes"] = _box_mask(sample["boxes"], transform)
+        return out
 
     return Lambda(load)
 
 
-def _transforms(config: Config, train: bool) -> Compose:
+def _transforms(config: Config, train: bool, segmenter: LungSegmenter | None, with_boxes: bool) -> Compose:
     """Load (cached), augment on the fly (training only), then standardise.
 
     Augmentation suited to radiographs: gamma, small rotation/scale/shift, mild noise; no
-    flips (the heart's side is anatomy, not noise). The last step returns a plain tensor,
-    because MONAI's MetaTensor slows every layer of the network down.
+    flips (the heart's side is anatomy, not noise). The lung and box masks move with the
+    image. The last step returns plain tensors, because MONAI's MetaTensor slows every layer
+    of the network down.
     """
+    masks = [*(["lungs"] if segmenter is not None else []), *(["boxes"] if with_boxes else [])]
 
     def finish(sample: dict[str, Any]) -> dict[str, Any]:
         x = convert_to_tensor(sample["image"], track_meta=False).float().clamp(0, 1)
-        return {"image": standardise(x, config.preprocess), "label": sample["label"]}
+        out = {"image": standardise(x, config.preprocess), "label": sample["label"]}
+        for key in masks:
+            out[key] = convert_to_tensor(sample[key], track_meta=False).float()
+        return out
 
-    steps: list[Any] = [_load_resized(config)]
+    steps: list[Any] = [_load_resized(config, segmenter, with_boxes)]
     if train and config.train.augment:
         steps += [
             RandAdjustContrastd("image", prob=0.5, gamma=(0.7, 1.5)),
-            RandAffined("image", prob=0.8, rotate_range=math.radians(10), scale_range=0.1,
-                        translate_range=0.06 * config.preprocess.size, padding_mode="border"),
+            RandAffined(["image", *masks], prob=0.8, rotate_range=math.radians(10), scale_range=0.1,
+                        translate_range=0.06 * config.preprocess.size,
+                        mode=["bilinear", *(["nearest"] * len(masks))],
+                        padding_mode=["border", *(["zeros"] * len(masks))]),
             RandGaussianNoised("image", prob=0.3, std=0.02),
         ]
         if config.train.erase:
@@ -102,33 +139,81 @@ def _transforms(config: Config, train: bool) -> Compose:
     return Compose([*steps, Lambda(finish)])
 
 
-def _dataset(samples: Sequence[Sample], config: Config, train: bool) -> CacheDataset:
-    items = [{"path": s.path, "label": s.label} for s in samples]
-    return CacheDataset(items, transform=_transforms(config, train),
+def _dataset(samples: Sequence[Sample], config: Config, train: bool, *, segmenter: LungSegmenter | None = None,
+             boxes: Mapping[str, Sequence[Box]] | None = None) -> CacheDataset:
+    items = [{"path": s.path, "label": s.label, "boxes": list((boxes or {}).get(s.path, ()))} for s in samples]
+    return CacheDataset(items, transform=_transforms(config, train, segmenter, boxes is not None),
                         num_workers=config.train.num_workers, progress=False)
 
 
-def read_populations(config: Config) -> list[Sample]:
+def read_populations(config: Config, *, log: Any = None) -> list[Sample]:
+    """Every population's samples; with ``data.dedupe``, the first population's copies dropped.
+
+    A film of the first population that is, by its pixels, also a film of the second is
+    dropped from the first (the second keeps its copy: for NIH vs RSNA, the radiologists'
+    label), and the copy takes the patient id it has in the first, since it is that patient's
+    film: :func:`split_populations` then keeps it on the side of that patient's other films.
+    """
     samples: list[Sample] = []
     rng = np.random.default_rng(config.train.seed)
     for dataset in config.data.datasets:
-        part = read_samples(dataset.source, config.model.classes, dataset.name)
+        part = read_samples(dataset.source, config.model.classes, dataset.name, dataset.labels)
         part = [s if s.population else dataclasses.replace(s, population=dataset.name) for s in part]
         if config.data.subsample and config.data.subsample < len(part):
             part = [part[i] for i in sorted(rng.choice(len(part), config.data.subsample, replace=False))]
         samples += part
+    if config.data.dedupe:
+        drop, keep = config.data.dedupe
+        pairs = pixel_duplicates([s for s in samples if s.population == drop],
+                                 [s for s in samples if s.population == keep])
+        dropped = {a.path for a, _ in pairs}
+        patient_of = {b.path: a.patient_id for a, b in pairs}
+        samples = [dataclasses.replace(s, patient_id=patient_of.get(s.path, s.patient_id))
+                   for s in samples if s.path not in dropped]
+        if log is not None:
+            changed = sum(a.label != b.label for a, b in pairs)
+            log(f"{len(pairs)} {drop} films are also {keep} films (by their pixels; {changed} labelled "
+                f"differently): {drop}'s copies left out, {keep}'s copies split with their {drop} patients")
     return samples
 
 
+def read_boxes_of(config: Config, samples: Sequence[Sample]) -> dict[str, list[Box]] | None:
+    """The boxes of every positive sample of a population with ``boxes``, by path; None when no source has boxes."""
+    sources = {d.name: d.boxes for d in config.data.datasets if d.boxes}
+    if not sources:
+        return None
+    tables = {name: read_boxes(path) for name, path in sources.items()}
+    return {s.path: boxes_for(s.path, tables[s.population]) for s in samples if s.population in tables}
+
+
 def split_populations(samples: Sequence[Sample], config: Config) -> tuple[list[Sample], list[Sample], list[Sample]]:
-    """Each population split by patient on its own, so that every one has validation and test images."""
+    """Each population split by patient on its own, so that every one has validation and test images.
+
+    With ``data.parent`` (the config that trained the model this run starts from), a patient
+    of the parent's splits stays in the same part (train, validation or test) whatever the
+    population his films are in now, so that no film the parent trained on reaches this run's
+    validation or test split; the other patients are split as usual, and a patient with
+    films in two populations (a copy found by ``data.dedupe``) is put where his first
+    population put him.
+    """
     val_frac, test_frac = config.data.val_fraction, config.data.test_fraction
+    assigned: dict[str, int] = {}
+    if config.data.parent:
+        parent = load_config(config.data.parent)
+        for index, part in enumerate(split_populations(read_populations(parent), parent)):
+            assigned.update((s.patient_id, index) for s in part)
     parts: tuple[list[Sample], list[Sample], list[Sample]] = ([], [], [])
     for name in dict.fromkeys(s.population for s in samples):
         population = [s for s in samples if s.population == name]
-        split = split_by_patient(population, [1 - val_frac - test_frac, val_frac, test_frac], config.train.seed)
-        for whole, part in zip(parts, split, strict=True):
-            whole += part
+        for s in population:
+            if s.patient_id in assigned:
+                parts[assigned[s.patient_id]].append(s)
+        fresh = [s for s in population if s.patient_id not in assigned]
+        if fresh:
+            split = split_by_patient(fresh, [1 - val_frac - test_frac, val_frac, test_frac], config.train.seed)
+            for index, (whole, part) in enumerate(zip(parts, split, strict=True)):
+                whole += part
+                assigned.update((s.patient_id, index) for s in part)
     return parts
 
 
@@ -188,18 +273,58 @@ def _without_epochs(config: dict[str, Any]) -> dict[str, Any]:
             "train": {k: v for k, v in train.items() if k != "epochs"}}
 
 
+def map_losses(maps: torch.Tensor, labels: torch.Tensor, positive: int, *, lungs: torch.Tensor | None = None,
+               boxes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The training-only losses on the positive class's maps ``(B, rows, cols)`` (the CAM grid).
+
+    - ``lungs`` (masks ``(B, 1, n, n)``, 1 inside): the mean over cells of max(0, cam(p)) x
+      (1 - m(p)), m the cell's lung fraction: positive evidence outside the lungs, on every film.
+    - ``boxes`` (masks ``(B, 1, n, n)``): on positive films with a box, -log of the share of
+      the spatial softmax of cam inside the cells that a box touches, so that the map's peak
+      moves into a box; 0 when the batch has no such film.
+    """
+    grid = (int(maps.shape[-2]), int(maps.shape[-1]))
+    maps = maps.float()
+    out: dict[str, torch.Tensor] = {}
+    if lungs is not None:
+        m = F.adaptive_avg_pool2d(lungs.float(), grid)[:, 0]
+        out["lungs"] = (maps.clamp_min(0) * (1 - m)).flatten(1).mean(1).mean()
+    if boxes is not None:
+        inside = F.adaptive_avg_pool2d(boxes.float(), grid)[:, 0].flatten(1) > 0
+        chosen = (labels == positive) & inside.any(1)
+        if chosen.any():
+            attention = torch.softmax(maps.flatten(1)[chosen], dim=1)
+            share = (attention * inside[chosen]).sum(1)
+            out["boxes"] = -torch.log(share.clamp_min(1e-6)).mean()
+        else:
+            out["boxes"] = maps.sum() * 0.0
+    return out
+
+
 def _evaluate(model: nn.Module, loader: DataLoader, config: Config, *,
-              bf16: bool) -> tuple[np.ndarray, np.ndarray]:
+              bf16: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, labels, and per image whether the positive map's peak cell touches a box (-1: no box)."""
     model.eval()
-    logits, labels = [], []
+    positive = config.model.classes.index(config.model.positive_class)
+    logits, labels, hits = [], [], []
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for batch in loader:
             x = batch["image"]
             if config.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits.append(model(x).float())
+            output: CAMOutput = model(x)
+            logits.append(output.logits.float())
             labels.append(batch["label"])
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+            maps = output.maps[:, positive].float()
+            if "boxes" in batch:
+                grid = (int(maps.shape[-2]), int(maps.shape[-1]))
+                inside = F.adaptive_avg_pool2d(batch["boxes"].float(), grid)[:, 0].flatten(1) > 0
+                peak = maps.flatten(1).argmax(1)
+                hit = inside.gather(1, peak[:, None])[:, 0].long()
+                hits.append(torch.where(inside.any(1), hit, torch.full_like(hit, -1)))
+            else:
+                hits.append(torch.full((len(x),), -1, dtype=torch.long))
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(hits).numpy()
 
 
 def _atomic_save(obj: dict[str, Any], path: Path) -> None:
@@ -215,7 +340,7 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
     if not config.data.datasets:
         raise ConfigError(f"{config.path or 'config'}: neither data.source nor data.sources is set")
     torch.manual_seed(config.train.seed)
-    samples = read_populations(config)
+    samples = read_populations(config, log=log)
     train_set, val_set, test_set = split_populations(samples, config)
     for name, part in (("train", train_set), ("val", val_set), ("test", test_set)):
         write_samples(out / f"{name}.csv", part, classes)
@@ -225,10 +350,12 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
         log(f"{population}: {sum(sizes)} images of {patients} patients: train {sizes[0]}, "
             f"val {sizes[1]}, test {sizes[2]} (patient-disjoint)")
 
-    model = build_network(config.model)
+    network = build_network(config.model)
     initial = _initial_weights(config)
     if initial is not None:
-        model.load_state_dict(initial)
+        network.load_state_dict(initial)
+    # trained as served: one pass gives the logits (the maps' mean) and the maps the map losses read
+    model = convert_to_cam(network, inplace=True)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     # the weights' moving average is what is validated and kept, when the config asks for one
@@ -243,6 +370,7 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
     weights = sampling_weights(train_set, config)
     samples_per_epoch = config.train.samples_per_epoch or len(train_set)
     positive = classes.index(config.model.positive_class)
+    map_weights = {"lungs": config.train.lung_loss, "boxes": config.train.box_loss}
     val_populations = np.array([s.population for s in val_set])
 
     state_path = out / "last.pt"
@@ -263,9 +391,14 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
         history = state["history"]
         log(f"resuming after epoch {start_epoch} (best validation AUROC {best_auc:.4f})")
 
+    segmenter = load_segmenter() if config.train.lung_loss else None
+    boxes = read_boxes_of(config, samples)
+    if boxes is not None:
+        log(f"boxes on {sum(bool(b) for b in boxes.values())} films")
     log("caching images ...")
-    train_ds = _dataset(train_set, config, train=True)
-    val_ds = _dataset(val_set, config, train=False)
+    train_ds = _dataset(train_set, config, train=True, segmenter=segmenter,
+                        boxes=boxes if config.train.box_loss else None)
+    val_ds = _dataset(val_set, config, train=False, boxes=boxes)
     val_loader = DataLoader(val_ds, batch_size=64, shuffle=False, num_workers=0)
     started = time.time() - sum(h.get("seconds", 0.0) for h in history)
     for epoch in range(start_epoch, config.train.epochs):
@@ -279,13 +412,21 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
                             num_workers=0, drop_last=True)
         model.train()
         tick, total, seen = time.time(), 0.0, 0
+        parts = dict.fromkeys(map_weights, 0.0)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", unit="batch", leave=False)
         for batch in bar:
             x, y = batch["image"], batch["label"]
             if config.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.bf16):
-                loss = loss_fn(model(x).float(), y)
+                output = model(x)
+                loss = loss_fn(output.logits.float(), y)
+                extra = map_losses(output.maps[:, positive], y, positive, lungs=batch.get("lungs"),
+                                   boxes=batch.get("boxes"))
+                for name, weight in map_weights.items():
+                    if weight and name in extra:
+                        loss = loss + weight * extra[name]
+                        parts[name] += float(extra[name].detach()) * len(y)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -295,12 +436,16 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
             seen += len(y)
             bar.set_postfix(loss=f"{total / seen:.4f}", img_s=f"{seen / (time.time() - tick):.1f}")
         scheduler.step()
-        logits, labels = _evaluate(scored, val_loader, config, bf16=config.train.bf16)
+        logits, labels, hits = _evaluate(scored, val_loader, config, bf16=config.train.bf16)
         probs = torch.softmax(torch.from_numpy(logits), -1)[:, positive].numpy()
         aurocs = _population_aurocs(probs, labels == positive, val_populations)
         auc = min(aurocs.values())  # the weaker population decides
-        row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_auroc": auc,
-               **{f"val_auroc_{name}": value for name, value in aurocs.items()},
+        pointing = {str(name): float(hits[(val_populations == name) & (hits >= 0)].mean())
+                    for name in dict.fromkeys(val_populations[hits >= 0].tolist())}
+        row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1),
+               **{f"train_{name}_loss": value / max(seen, 1) for name, value in parts.items() if map_weights[name]},
+               "val_auroc": auc, **{f"val_auroc_{name}": value for name, value in aurocs.items()},
+               **{f"val_pointing_{name}": value for name, value in pointing.items()},
                "lr": float(scheduler.get_last_lr()[0]), "seconds": time.time() - tick}
         history.append(row)
         improved = auc > best_auc
@@ -308,7 +453,8 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
             best_auc, best_epoch = auc, epoch
             _atomic_save({"model": scored.state_dict()}, out / "best_weights.pt")
         per_population = ", ".join(f"{name} {value:.4f}" for name, value in aurocs.items())
-        log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, validation AUROC {per_population}"
+        points = "".join(f", pointing {name} {value:.3f}" for name, value in pointing.items())
+        log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, validation AUROC {per_population}{points}"
             f"{' (best)' if improved else ''}, {row['seconds']:.0f} s")
         _atomic_save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
                       **({"averaged": averaged.state_dict()} if averaged is not None else {}),
@@ -319,11 +465,11 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
 
     model.load_state_dict(torch.load(out / "best_weights.pt", weights_only=True)["model"])
     # calibrate in float32, as the model is served, so that the threshold holds at inference
-    logits, labels = _evaluate(model, val_loader, config, bf16=False)
+    logits, labels, _ = _evaluate(model, val_loader, config, bf16=False)
     point = fit_operating_point(logits, labels, val_populations, positive, config.train.target_sensitivity)
     best = out / "best.pt"
     model_id = save_checkpoint(
-        best, model.to(memory_format=torch.contiguous_format),  # type: ignore[call-overload]
+        best, model.network.to(memory_format=torch.contiguous_format),  # type: ignore[call-overload]
         config.model, config.preprocess,
         temperature=point.calibration.temperature, class_bias=point.calibration.bias,
         threshold=point.threshold, trained=True, half=True,
