@@ -72,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    files = sorted((REPO / "sample_data" / "dicom").glob("RG1_*.dcm"))
+    files = sorted((REPO / "tests" / "data" / "rg1" / "dicom").glob("RG1_*.dcm"))
     files += sorted(RSNA.iterdir())[:1] if RSNA.is_dir() else []
     print(f"| file | transfer syntax | plugin | wall ms | CPU ms (best of {args.repeats}) | CPU vs default |")
     print("|---|---|---|---|---|---|")

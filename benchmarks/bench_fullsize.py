@@ -3,7 +3,7 @@
 One run:
 
 1. makes ``--n`` DICOMs (new UIDs each) from six real full-size encodings in turn: RG1 (a
-   1955x1841 15-bit chest CR, pydicom-data and ``sample_data/``) as explicit VR little
+   1955x1841 15-bit chest CR, pydicom-data and ``tests/data/rg1/``) as explicit VR little
    endian, RLE, JPEG-LS lossless, JPEG 2000 lossless and JPEG 2000 lossy, and the RSNA
    1024x1024 JPEG baseline films (``../shared/data/cxr/rsna/dicom``) as they are: chest CRs
    stored as Secondary Capture, which the intended-use gate reads as captures of radiographs
@@ -69,8 +69,8 @@ def sources() -> dict[str, list[Path]]:
     corpus = {name: get_testdata_file(f"RG1_{name}.dcm", download=False) for name in ("UNCR", "J2KR", "J2KI")}
     found = {
         "explicit": [corpus["UNCR"]],
-        "rle": [REPO / "sample_data" / "dicom" / "RG1_RLE.dcm"],
-        "jpeg-ls": [REPO / "sample_data" / "dicom" / "RG1_JLSL.dcm"],
+        "rle": [REPO / "tests" / "data" / "rg1" / "dicom" / "RG1_RLE.dcm"],
+        "jpeg-ls": [REPO / "tests" / "data" / "rg1" / "dicom" / "RG1_JLSL.dcm"],
         "j2k-lossless": [corpus["J2KR"]],
         "j2k-lossy": [corpus["J2KI"]],
         "jpeg": sorted(RSNA.glob("*.dcm")),

@@ -1,7 +1,7 @@
 """Full versus reduced-resolution DICOM reading (``load_image(path, min_size=...)``).
 
 For each file (pydicom-data's RG1 chest CR as uncompressed, JPEG 2000 lossless and lossy,
-sample_data's RLE and JPEG-LS re-encodings, and the RSNA JPEG baseline files when ``../shared``
+the RG1 fixtures' RLE and JPEG-LS re-encodings (tests/data/rg1), and the RSNA JPEG baseline files when ``../shared``
 is there), :func:`medcam.io.load_image` reads it once at full resolution and once with
 ``min_size`` (default 320, the model's input size). Printed per file: the wall and CPU
 milliseconds of each read (decode and display steps, one run each, after one untimed warm-up
@@ -29,7 +29,7 @@ def files() -> list[Path]:
     found = [get_testdata_file(name, download=False)
              for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm", "RG3_J2KR.dcm")]
     paths = [Path(str(p)) for p in found if p is not None]
-    paths += [p for p in (REPO / "sample_data" / "dicom" / name for name in ("RG1_RLE.dcm", "RG1_JLSL.dcm"))
+    paths += [p for p in (REPO / "tests" / "data" / "rg1" / "dicom" / name for name in ("RG1_RLE.dcm", "RG1_JLSL.dcm"))
               if p.is_file()]
     return paths + (sorted(RSNA.glob("*.dcm")) if RSNA.is_dir() else [])
 

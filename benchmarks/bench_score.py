@@ -2,7 +2,7 @@
 
 One run:
 
-1. makes ``--n-large`` DICOMs from ``sample_data/dicom/RG1_UNCR.dcm`` (CR chest, 15-bit,
+1. makes ``--n-large`` DICOMs from ``tests/data/rg1/dicom/RG1_UNCR.dcm`` (CR chest, 15-bit,
    MONOCHROME1), resized to ``--size`` px, each with new UIDs, in five transfer syntaxes in
    turn (explicit VR little endian, RLE, JPEG-LS lossless, JPEG 2000 lossless, deflated;
    ``--syntaxes`` chooses others), in folders of ``--n`` files;
@@ -74,7 +74,7 @@ from medcam.runtime import retain_freed_memory
 from medcam.scoring import ScoreOptions, default_workers, score
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCE = REPO / "sample_data" / "dicom" / "RG1_UNCR.dcm"
+SOURCE = REPO / "tests" / "data" / "rg1" / "dicom" / "RG1_UNCR.dcm"
 SYNTAXES = {  # name -> transfer syntax, encoding plugin
     "explicit": (ExplicitVRLittleEndian, None),
     "rle": (RLELossless, "pylibjpeg"),

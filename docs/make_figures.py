@@ -2,7 +2,7 @@
 
     python docs/make_figures.py --split runs/pneumonia/test.csv
 
-Writes ``docs/overlay_rg1.png`` (the bundled model on sample_data/dicom/RG1_UNCR.dcm) and, per
+Writes ``docs/overlay_rg1.png`` (the bundled model on tests/data/rg1/dicom/RG1_UNCR.dcm) and, per
 population of the split (its ``population`` column), ``docs/cam_grid_<population>.png``
 (pneumonia maps on 8 pneumonia and 8 normal images), and prints, over each population, the
 share of each positive-normalised pneumonia map that falls in the central box (rows and
@@ -49,7 +49,7 @@ def main() -> None:
     out = Path(args.out)
     classifier = Classifier(args.model)
 
-    rg1 = load_image(ROOT / "sample_data" / "dicom" / "RG1_UNCR.dcm")
+    rg1 = load_image(ROOT / "tests" / "data" / "rg1" / "dicom" / "RG1_UNCR.dcm")
     prediction = classifier.classify([rg1])[0]
     picture = PILImage.fromarray(overlay(rg1.pixels, _heat(prediction, classifier), opacity=0.5))
     picture.thumbnail((640, 640))

@@ -1,4 +1,4 @@
-"""Shared fixtures: real files from pydicom's corpus, pydicom-data, sample_data and ../shared."""
+"""Shared fixtures: real files from pydicom's corpus, pydicom-data, tests/data and ../shared."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 from medcam.io import Image, load_image
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DATA = REPO / "sample_data"
+RG1_DATA = REPO / "tests" / "data" / "rg1"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RSNA_DICOM = SHARED / "data" / "cxr" / "rsna" / "dicom"
 
@@ -31,11 +31,11 @@ def testdata() -> Callable[[str], Path]:
 
 
 @pytest.fixture(scope="session")
-def sample_data() -> Path:
-    """The repository's ``sample_data`` folder (made by ``sample_data/make_samples.py``)."""
-    if not (SAMPLE_DATA / "dicom" / "RG1_UNCR.dcm").is_file():
-        pytest.skip(f"{SAMPLE_DATA} is missing; run python sample_data/make_samples.py")
-    return SAMPLE_DATA
+def rg1_data() -> Path:
+    """The RG1 test fixtures, ``tests/data/rg1`` (made by ``tests/data/rg1/make_samples.py``)."""
+    if not (RG1_DATA / "dicom" / "RG1_UNCR.dcm").is_file():
+        pytest.skip(f"{RG1_DATA} is missing; run python tests/data/rg1/make_samples.py")
+    return RG1_DATA
 
 
 @pytest.fixture(scope="session")

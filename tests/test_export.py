@@ -4,7 +4,7 @@ SR and GSPS: tests/test_export_sr.py and tests/test_export_gsps.py (all four DIC
 pass dciodvfy here).
 
 Real files: the RSNA DICOMs in ../shared (skipped when absent) and RG1_UNCR.dcm (Pixel
-Spacing 0\\0) from sample_data. Regions come from synthetic maps with known blobs, so that
+Spacing 0\\0) from tests/data/rg1. Regions come from synthetic maps with known blobs, so that
 every exported mask can be compared with the one that was meant. The lung fields (format
 ``lungs``) come from the bundled model and segmenter on RG1 (:func:`_served`).
 """
@@ -46,9 +46,9 @@ from medcam.scoring import output_name, read_results
 
 REPO = Path(__file__).resolve().parents[1]
 RSNA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr" / "rsna"
-RG1 = REPO / "sample_data" / "dicom" / "RG1_UNCR.dcm"
-RG1_NIFTI = REPO / "sample_data" / "nifti" / "RG1.nii.gz"
-RG1_PNG = REPO / "sample_data" / "png" / "RG1.png"
+RG1 = REPO / "tests" / "data" / "rg1" / "dicom" / "RG1_UNCR.dcm"
+RG1_NIFTI = REPO / "tests" / "data" / "rg1" / "nifti" / "RG1.nii.gz"
+RG1_PNG = REPO / "tests" / "data" / "rg1" / "png" / "RG1.png"
 
 
 def _real_dicoms() -> list:
@@ -58,7 +58,7 @@ def _real_dicoms() -> list:
         params = [pytest.param(None, id="rsna", marks=pytest.mark.skip(
             reason=f"no RSNA DICOMs in {RSNA / 'dicom'} (../shared is not checked out here)"))]
     params.append(pytest.param(RG1, id="RG1_UNCR", marks=pytest.mark.skipif(
-        not RG1.is_file(), reason=f"{RG1} is missing; run python sample_data/make_samples.py")))
+        not RG1.is_file(), reason=f"{RG1} is missing; run python tests/data/rg1/make_samples.py")))
     return params
 
 
@@ -79,7 +79,7 @@ def _served_model() -> ServedModel:
 def _served(path: Path) -> Prediction:
     """The bundled model's prediction of ``path``, with the bundled lung segmenter's mask and share."""
     if not path.is_file():
-        pytest.skip(f"{path} is missing; run python sample_data/make_samples.py")
+        pytest.skip(f"{path} is missing; run python tests/data/rg1/make_samples.py")
     return _served_model().classify([_load(path)])[0]
 
 
@@ -144,7 +144,7 @@ def test_seg_reads_back_to_the_identical_mask(source: Path, tmp_path: Path) -> N
 
 def test_seg_of_a_zero_spacing_source_has_no_zero_spacing(tmp_path: Path) -> None:
     if not RG1.is_file():
-        pytest.skip(f"{RG1} is missing; run python sample_data/make_samples.py")
+        pytest.skip(f"{RG1} is missing; run python tests/data/rg1/make_samples.py")
     image = _load(RG1)
     assert image.spacing is None  # Pixel Spacing 0\0
     prediction = _prediction(image)
@@ -452,7 +452,7 @@ def test_hostile_tag_values_write_nothing_outside_the_output_folder(
 
 def test_cli_export(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if not (RG1.is_file() and RG1_PNG.is_file()):
-        pytest.skip("sample_data is missing; run python sample_data/make_samples.py")
+        pytest.skip("tests/data/rg1 is missing; run python tests/data/rg1/make_samples.py")
     out = tmp_path / "out"
     code = main(["export", str(RG1), str(RG1_PNG), "--model", str(tiny_checkpoint), "--class", "pneumonia",
                  "--formats", "seg,png,json", "--threshold", "otsu", "--min-area", "50", "--out", str(out)])
@@ -472,7 +472,7 @@ def test_cli_export(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.Captur
 def test_cli_export_of_the_lung_fields(tiny_checkpoint: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     if not (RG1.is_file() and RG1_PNG.is_file()):
-        pytest.skip("sample_data is missing; run python sample_data/make_samples.py")
+        pytest.skip("tests/data/rg1 is missing; run python tests/data/rg1/make_samples.py")
     out = tmp_path / "out"
     assert main(["export", str(RG1), str(RG1_PNG), "--model", str(tiny_checkpoint), "--formats", "lungs",
                  "--out", str(out)]) == 0

@@ -1,6 +1,6 @@
 """SR Measurement Reports, the 'not analysed' report, derived-object identity and containment.
 
-Real sources: RG1_UNCR.dcm (sample_data; Pixel Spacing 0\\0, MONOCHROME1), the RSNA DICOMs in
+Real sources: RG1_UNCR.dcm (tests/data/rg1; Pixel Spacing 0\\0, MONOCHROME1), the RSNA DICOMs in
 ../shared when present, CT_small.dcm from pydicom's corpus. Every SR is read back with
 highdicom and checked with dciodvfy when it is installed.
 """

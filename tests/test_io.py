@@ -155,16 +155,16 @@ def test_jpeg_lossless_and_deflate_files_without_a_twin_load(name: str, testdata
 
 
 @pytest.mark.parametrize("name", ["RG1_JLSL.dcm", "RG1_RLE.dcm"])
-def test_sample_reencodings_match_rg1(name: str, sample_data: Path, rg1: Image) -> None:
-    path = sample_data / "dicom" / name
+def test_rg1_fixture_reencodings_match_rg1(name: str, rg1_data: Path, rg1: Image) -> None:
+    path = rg1_data / "dicom" / name
     syntax = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
     assert syntax == (pydicom.uid.JPEGLSLossless if "JLSL" in name else pydicom.uid.RLELossless)
     np.testing.assert_array_equal(load_image(path).pixels, rg1.pixels)
 
 
-def test_sample_originals_are_pydicom_data_copies(sample_data: Path, testdata: DataPath) -> None:
+def test_rg1_fixture_originals_are_pydicom_data_copies(rg1_data: Path, testdata: DataPath) -> None:
     for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm"):
-        assert filecmp.cmp(sample_data / "dicom" / name, testdata(name), shallow=False)
+        assert filecmp.cmp(rg1_data / "dicom" / name, testdata(name), shallow=False)
 
 
 # --- modality LUT and VOI ------------------------------------------------------------------------
@@ -382,8 +382,8 @@ def test_rsna_jpeg_baseline_decodes_the_same_with_every_installed_plugin(
         np.testing.assert_array_equal(pixels, read_dicom(path).pixels)
 
 
-def test_jpeg_ls_decodes_the_same_with_every_installed_plugin(sample_data: Path) -> None:
-    decoded = _every_plugin(sample_data / "dicom" / "RG1_JLSL.dcm")
+def test_jpeg_ls_decodes_the_same_with_every_installed_plugin(rg1_data: Path) -> None:
+    decoded = _every_plugin(rg1_data / "dicom" / "RG1_JLSL.dcm")
     assert {"gdcm", "pyjpegls"} <= decoded.keys()
     for plugin, pixels in decoded.items():
         np.testing.assert_array_equal(pixels, decoded["gdcm"], err_msg=plugin)
@@ -607,8 +607,8 @@ def test_nifti_without_calibration_uses_percentiles_and_trailing_singletons(tmp_
     assert image.spacing == (1.0, 1.0)
 
 
-def test_sample_nifti_is_rg1_downsampled_with_its_affine(sample_data: Path, rg1: Image) -> None:
-    image = load_image(sample_data / "nifti" / "RG1.nii.gz")
+def test_rg1_fixture_nifti_is_rg1_downsampled_with_its_affine(rg1_data: Path, rg1: Image) -> None:
+    image = load_image(rg1_data / "nifti" / "RG1.nii.gz")
     assert rg1.affine is not None and image.affine is not None
     expected_affine = rg1.affine.copy()
     expected_affine[:3, :2] *= 4
@@ -623,8 +623,8 @@ def test_sample_nifti_is_rg1_downsampled_with_its_affine(sample_data: Path, rg1:
     assert "RG1_UNCR" in str(header["descrip"])
 
 
-def test_sample_png_is_rg1_downsized(sample_data: Path, rg1: Image) -> None:
-    image = load_image(sample_data / "png" / "RG1.png")
+def test_rg1_fixture_png_is_rg1_downsized(rg1_data: Path, rg1: Image) -> None:
+    image = load_image(rg1_data / "png" / "RG1.png")
     assert image.format == "png" and image.shape == (512, 482)
     assert abs(float(image.pixels.mean()) - float(rg1.pixels.mean())) < 0.01
 

@@ -96,10 +96,10 @@ def test_a_matplotlib_figure_saved_with_medcams_text_is_refused(tmp_path: Path) 
         load_image(path)
 
 
-def test_nifti_written_by_medcam_is_refused_and_other_nifti_is_read(sample_data: Path, tmp_path: Path) -> None:
+def test_nifti_written_by_medcam_is_refused_and_other_nifti_is_read(rg1_data: Path, tmp_path: Path) -> None:
     from medcam.export.nifti import write_nifti
 
-    source = load_image(sample_data / "nifti" / "RG1.nii.gz")  # its description starts "medcam sample": read
+    source = load_image(rg1_data / "nifti" / "RG1.nii.gz")  # its description starts "medcam sample": read
     written = write_nifti(tmp_path / "map.nii.gz", source, source.pixels, description="medcam CAM test")
     assert own_nifti(b"medcam output: CAM") and not own_nifti(b"medcam sample: RG1") and not own_nifti(b"")
     with pytest.raises(UnsupportedInputError, match=r"medcam's own output \(NIfTI description"):

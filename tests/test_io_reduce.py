@@ -94,8 +94,8 @@ def test_pydicom_data_files_reduced_match_the_full_image_at_model_size(
 
 
 @pytest.mark.parametrize("name", ["RG1_RLE.dcm", "RG1_JLSL.dcm"])
-def test_rle_and_jpeg_ls_reduce_by_block_means(name: str, sample_data: Path) -> None:
-    assert_close_at_model_size(sample_data / "dicom" / name, "block mean 2x2", MAX_BLOCK_FACTOR)
+def test_rle_and_jpeg_ls_reduce_by_block_means(name: str, rg1_data: Path) -> None:
+    assert_close_at_model_size(rg1_data / "dicom" / name, "block mean 2x2", MAX_BLOCK_FACTOR)
 
 
 def test_rsna_jpeg_baseline_at_half_size_is_decoded_in_full_and_block_averaged(rsna_dicoms: list[Path]) -> None:

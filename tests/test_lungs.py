@@ -81,10 +81,10 @@ def test_dice_on_held_out_lung_patients_meets_the_target() -> None:
     assert scores.mean().item() >= 0.95 and scores.median().item() >= 0.95, scores.tolist()
 
 
-def test_the_mask_lands_on_the_source_grid_of_dicom_nifti_and_png(served: ServedModel, sample_data: Path) -> None:
-    dicom = load_image(sample_data / "dicom" / "RG1_UNCR.dcm")
-    nifti = load_image(sample_data / "nifti" / "RG1.nii.gz")
-    png = load_image(sample_data / "png" / "RG1.png")
+def test_the_mask_lands_on_the_source_grid_of_dicom_nifti_and_png(served: ServedModel, rg1_data: Path) -> None:
+    dicom = load_image(rg1_data / "dicom" / "RG1_UNCR.dcm")
+    nifti = load_image(rg1_data / "nifti" / "RG1.nii.gz")
+    png = load_image(rg1_data / "png" / "RG1.png")
     found = {image.format: served.classify([image])[0] for image in (dicom, nifti, png)}
     for image in (dicom, nifti, png):
         lungs = found[image.format].lungs
@@ -106,17 +106,17 @@ def test_the_mask_of_a_dicom_with_pixel_spacing_is_on_its_grid(served: ServedMod
     assert lungs is not None and tuple(lungs.shape) == image.shape and 0.1 < lungs.float().mean().item() < 0.5
 
 
-def test_a_mirrored_film_gets_the_mirrored_mask(served: ServedModel, sample_data: Path) -> None:
-    image = load_image(sample_data / "png" / "RG1.png")
+def test_a_mirrored_film_gets_the_mirrored_mask(served: ServedModel, rg1_data: Path) -> None:
+    image = load_image(rg1_data / "png" / "RG1.png")
     mirrored = dataclasses.replace(image, pixels=np.ascontiguousarray(image.pixels[:, :, ::-1]))
     straight, flipped = (served.classify([i])[0].lungs.numpy() for i in (image, mirrored))
     assert _iou(flipped[:, ::-1], straight) > 0.9
 
 
-def test_score_writes_the_mask_at_full_size_after_a_reduced_decode(tmp_path: Path, sample_data: Path) -> None:
+def test_score_writes_the_mask_at_full_size_after_a_reduced_decode(tmp_path: Path, rg1_data: Path) -> None:
     from medcam.cli import main
 
-    source = sample_data / "dicom" / "RG1_J2KR.dcm"   # 1955x1841: decoded at 1/2 for scoring
+    source = rg1_data / "dicom" / "RG1_J2KR.dcm"   # 1955x1841: decoded at 1/2 for scoring
     out = tmp_path / "r.csv"
     assert main(["score", str(source), "--out", str(out), "--cams", str(tmp_path / "cams"), "--workers", "0"]) == 0
     row = next(iter(_rows(out)))

@@ -30,7 +30,7 @@ MAP_TOLERANCE = 0.15  # max |difference| of the normalised positive-class map on
 
 def _radiographs() -> list[Path]:
     files = [Path(str(f)) for f in (get_testdata_file(n, download=False) for n in CORPUS) if f]
-    files += sorted((REPO / "sample_data" / "dicom").glob("*.dcm"))
+    files += sorted((REPO / "tests" / "data" / "rg1" / "dicom").glob("*.dcm"))
     files += sorted(SHARED_RSNA.glob("*.dcm")) if SHARED_RSNA.is_dir() else []
     return files
 

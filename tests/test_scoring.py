@@ -50,7 +50,7 @@ from medcam.scoring.discover import Item
 from medcam.scoring.options import output_name
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DICOM = REPO / "sample_data" / "dicom"
+RG1_DICOM = REPO / "tests" / "data" / "rg1" / "dicom"
 
 
 # --- fixtures and helpers --------------------------------------------------------------------
@@ -579,7 +579,7 @@ def test_ray_engine_writes_the_same_rows_and_files_as_the_local_engine(classifie
     pytest.importorskip("ray.data", reason='Ray is optional: pip install "medcam-screening[distributed]"')
     folder = tmp_path / "in"
     many_dicoms(folder, 6)
-    for source in sorted(SAMPLE_DICOM.glob("RG1_*.dcm"))[:2]:  # full-size CR, two transfer syntaxes
+    for source in sorted(RG1_DICOM.glob("RG1_*.dcm"))[:2]:  # full-size CR, two transfer syntaxes
         write_dicom(source, folder / "rg1" / source.stem)
     (folder / "truncated").write_bytes((folder / "img0000").read_bytes()[:-3000])
     (folder / "notes.txt").write_text("skipped")

@@ -108,9 +108,9 @@ def test_study_or_since_without_an_archive_is_fatal(tmp_path: Path, capsys: pyte
 
 @pytest.mark.slow
 def test_fetch_keeps_the_radiographs_only_in_uid_folders_and_resumes(
-        orthanc: Orthanc, sample_data: Path, testdata: Callable[[str], Path], extremity: Path,
+        orthanc: Orthanc, rg1_data: Path, testdata: Callable[[str], Path], extremity: Path,
         tmp_path: Path) -> None:
-    chest = sample_data / "dicom" / "RG1_JLSL.dcm"
+    chest = rg1_data / "dicom" / "RG1_JLSL.dcm"
     other_sc = _variant(extremity, tmp_path, "screenshot", SOPClassUID=SecondaryCaptureImageStorage, Modality="OT",
                         Manufacturer="Acme")
     own_sc = _variant(extremity, tmp_path, "medcam-sc", SOPClassUID=SecondaryCaptureImageStorage, Modality="OT",
@@ -141,9 +141,9 @@ def test_fetch_keeps_the_radiographs_only_in_uid_folders_and_resumes(
 
 
 @pytest.mark.slow
-def test_study_and_since_choose_what_is_fetched(orthanc: Orthanc, sample_data: Path, extremity: Path,
+def test_study_and_since_choose_what_is_fetched(orthanc: Orthanc, rg1_data: Path, extremity: Path,
                                                 tmp_path: Path) -> None:
-    chest = sample_data / "dicom" / "RG1_JLSL.dcm"  # a study of 2004
+    chest = rg1_data / "dicom" / "RG1_JLSL.dcm"  # a study of 2004
     for path in (chest, extremity):
         orthanc.upload(path)
     uid = _read(chest).StudyInstanceUID
@@ -156,9 +156,9 @@ def test_study_and_since_choose_what_is_fetched(orthanc: Orthanc, sample_data: P
 
 
 @pytest.mark.slow
-def test_a_failed_fetch_is_reported_and_the_others_go_on(orthanc: Orthanc, sample_data: Path,
+def test_a_failed_fetch_is_reported_and_the_others_go_on(orthanc: Orthanc, rg1_data: Path,
                                                          tmp_path: Path) -> None:
-    files = [sample_data / "dicom" / name for name in ("RG1_JLSL.dcm", "RG1_RLE.dcm")]
+    files = [rg1_data / "dicom" / name for name in ("RG1_JLSL.dcm", "RG1_RLE.dcm")]
     ids = {_read(p).SOPInstanceUID: orthanc.upload(p)["ID"] for p in files}
     folder = tmp_path / "fetched"
 
@@ -214,10 +214,10 @@ def _score_args(orthanc: Orthanc, out: Path, model: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_score_fetches_scores_and_stores_each_report_once(orthanc: Orthanc, sample_data: Path, extremity: Path,
+def test_score_fetches_scores_and_stores_each_report_once(orthanc: Orthanc, rg1_data: Path, extremity: Path,
                                                           testdata: Callable[[str], Path], flag_all: Path,
                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    chests = [sample_data / "dicom" / name for name in ("RG1_JLSL.dcm", "RG1_RLE.dcm")]
+    chests = [rg1_data / "dicom" / name for name in ("RG1_JLSL.dcm", "RG1_RLE.dcm")]
     for path in (*chests, extremity, testdata("test-SR.dcm")):
         orthanc.upload(path)
     sources = {_read(p).SOPInstanceUID: _read(p) for p in (*chests, extremity)}
@@ -267,9 +267,9 @@ def test_score_fetches_scores_and_stores_each_report_once(orthanc: Orthanc, samp
 
 @pytest.mark.slow
 def test_results_not_stored_make_the_run_incomplete_and_go_with_the_next_run(
-        orthanc: Orthanc, sample_data: Path, flag_all: Path, tmp_path: Path,
+        orthanc: Orthanc, rg1_data: Path, flag_all: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    orthanc.upload(sample_data / "dicom" / "RG1_JLSL.dcm")
+    orthanc.upload(rg1_data / "dicom" / "RG1_JLSL.dcm")
     out = tmp_path / "results.csv"
     args = ["score", f"dicomweb:{orthanc.dicomweb}", "--out", str(out), "--regions", str(tmp_path / "regions"),
             "--formats", "sr", "--model", str(flag_all), "--workers", "0"]

@@ -24,7 +24,7 @@ from tests.conftest import testdata_path as corpus
 
 from .peers import Archive, free_port, radiographs, send, sop_uids, source_of
 
-SAMPLES = Path(__file__).resolve().parents[2] / "sample_data" / "dicom"
+RG1_DICOM = Path(__file__).resolve().parents[1] / "data" / "rg1" / "dicom"
 
 
 # --- the spool ------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_images_in_results_out_in_the_same_study(tiny_checkpoint: Path, archive:
 
 def test_every_encoding_of_a_full_size_radiograph_is_received_and_scored(tiny_checkpoint: Path, archive: Archive,
                                                                          tmp_path: Path) -> None:
-    encodings = sorted(SAMPLES.glob("RG1_*.dcm"))  # 1955x1841: explicit VR, RLE, JPEG-LS, JPEG 2000 lossless
+    encodings = sorted(RG1_DICOM.glob("RG1_*.dcm"))  # 1955x1841: explicit VR, RLE, JPEG-LS, JPEG 2000 lossless
     assert len(encodings) == 4
     with _node(tiny_checkpoint, tmp_path / "spool", archive) as node:
         assert send(encodings, node.options.receive.port) == [0, 0, 0, 0]

@@ -25,7 +25,7 @@ from .pacs import STORESCU, Netns, Orthanc
 from .peers import radiographs, sop_uids
 
 BIN = Path(sys.executable).parent
-SAMPLES = Path(__file__).resolve().parents[2] / "sample_data" / "dicom"
+RG1_DICOM = Path(__file__).resolve().parents[1] / "data" / "rg1" / "dicom"
 PORT = 11112  # Orthanc's default modality entry for medcam (tests/node/pacs.py)
 
 
@@ -82,7 +82,7 @@ def test_orthanc_sends_a_study_and_gets_the_reports_back_in_it(orthanc: Orthanc,
         answer = orthanc.post("/modalities/medcam/store", orthanc.study_id(study))
         assert answer is not None
         # a modality sends straight to medcam, in JPEG 2000 (storescu -xv proposes it)
-        j2k = SAMPLES / "RG1_J2KR.dcm"
+        j2k = RG1_DICOM / "RG1_J2KR.dcm"
         sent = netns.run([STORESCU, "-xv", "-aet", "CR_ROOM", "-aec", "MEDCAM", "127.0.0.1", str(PORT), j2k],
                          capture_output=True, text=True, timeout=120)
         assert sent.returncode == 0, sent.stdout + sent.stderr

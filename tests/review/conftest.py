@@ -11,7 +11,7 @@ import pytest
 from medcam.gate import ServedModel
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLE_DATA = REPO / "sample_data"
+RG1_DATA = REPO / "tests" / "data" / "rg1"
 SPACING_MM = 0.175
 
 
@@ -23,9 +23,9 @@ def tiny_classifier(tiny_checkpoint: Path) -> ServedModel:
 
 @pytest.fixture(scope="session")
 def rg1_dicom() -> Path:
-    path = SAMPLE_DATA / "dicom" / "RG1_UNCR.dcm"
+    path = RG1_DATA / "dicom" / "RG1_UNCR.dcm"
     if not path.is_file():
-        pytest.skip(f"{path} is missing; run python sample_data/make_samples.py")
+        pytest.skip(f"{path} is missing; run python tests/data/rg1/make_samples.py")
     return path
 
 
@@ -52,6 +52,6 @@ def review_folder(tmp_path: Path, chest_dicom: Path) -> Path:
     folder = tmp_path / "data"
     folder.mkdir()
     shutil.copy(chest_dicom, folder / "chest_pa.dcm")
-    shutil.copy(SAMPLE_DATA / "png" / "RG1.png", folder / "chest.png")
+    shutil.copy(RG1_DATA / "png" / "RG1.png", folder / "chest.png")
     (folder / "notes.txt").write_text("not an image")
     return folder

@@ -60,7 +60,7 @@ def test_export_writes_a_seg_of_the_accepted_regions_only(prediction: Prediction
 
 
 def test_a_png_source_gets_no_seg(tiny_classifier: ServedModel, tmp_path: Path) -> None:
-    png = Path(__file__).resolve().parents[2] / "sample_data" / "png" / "RG1.png"
+    png = Path(__file__).resolve().parents[1] / "data" / "rg1" / "png" / "RG1.png"
     pred = tiny_classifier.classify([load_image(png)])[0]
     regions = find_regions(pred, "PNEUMONIA", RegionOptions(value=0.3))
     result = export_accepted(pred, regions, [regions.regions[0].id], tmp_path, ["seg", "png"])

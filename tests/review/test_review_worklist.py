@@ -51,13 +51,13 @@ def test_limits_are_checked() -> None:
 
 
 def test_upload_of_a_good_png_is_kept_once(tmp_path: Path) -> None:
-    data = (Path(__file__).resolve().parents[2] / "sample_data" / "png" / "RG1.png").read_bytes()
+    data = (Path(__file__).resolve().parents[1] / "data" / "rg1" / "png" / "RG1.png").read_bytes()
     first = save_upload("my chest (1).png", data, tmp_path / "uploads", Limits())
     again = save_upload("my chest (1).png", data, tmp_path / "uploads", Limits())
     assert first == again and first.read_bytes() == data
     assert first.name.startswith(hashlib.sha256(data).hexdigest()[:12] + "-my_chest_1-") and first.suffix == ".png"
     assert list((tmp_path / "uploads").iterdir()) == [first]
-    nifti = (Path(__file__).resolve().parents[2] / "sample_data" / "nifti" / "RG1.nii.gz").read_bytes()
+    nifti = (Path(__file__).resolve().parents[1] / "data" / "rg1" / "nifti" / "RG1.nii.gz").read_bytes()
     kept = save_upload("../../lung scan.nii.gz", nifti, tmp_path / "uploads", Limits())
     assert kept.parent == tmp_path / "uploads"
     assert kept.name.startswith(hashlib.sha256(nifti).hexdigest()[:12] + "-lung_scan-")
@@ -109,7 +109,7 @@ def test_a_decompression_bomb_is_refused(tmp_path: Path) -> None:
 
 def test_image_pixels_reads_headers(rg1_dicom: Path) -> None:
     assert image_pixels(rg1_dicom) == 1955 * 1841
-    nifti = Path(__file__).resolve().parents[2] / "sample_data" / "nifti" / "RG1.nii.gz"
+    nifti = Path(__file__).resolve().parents[1] / "data" / "rg1" / "nifti" / "RG1.nii.gz"
     assert image_pixels(nifti) == 488 * 460
 
 

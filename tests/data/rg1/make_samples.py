@@ -1,8 +1,8 @@
-"""Regenerate medcam's sample images from the pydicom-data package (MIT licence).
+"""Regenerate the RG1 test fixtures from the pydicom-data package (MIT licence).
 
 Run from anywhere, with medcam and pydicom-data installed::
 
-    python sample_data/make_samples.py
+    python tests/data/rg1/make_samples.py
 
 Every file is written next to this script; see ``README.md`` for what each one is. The
 outputs are deterministic: re-encoded DICOM files get a UID derived from the source UID
@@ -105,7 +105,7 @@ def derive_nifti_and_png(out: Path) -> None:
 
 
 def main(root: Path = HERE) -> None:
-    """Regenerate every sample file under ``root``."""
+    """Regenerate every RG1 fixture under ``root``."""
     for sub in ("dicom", "nifti", "png"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     copy_originals(root / "dicom")
