@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segmenter(p)
     p.add_argument("--splits", default="runs/frontal",
                    help="folder of the frontal populations' val.csv/test.csv (written first when absent)")
-    p.add_argument("--classifier-config", default="configs/pneumonia_adult_pediatric.yaml",
+    p.add_argument("--classifier-config", default="configs/pneumonia_three_sources.yaml",
                    help="the classifier's training config, whose splits give the pediatric and adult films")
     p.add_argument("--lungs-config", default="configs/lungs.yaml", help="the segmenter's config (its split)")
     p.add_argument("--rsna", default="../shared/data/rsna/labels.csv", help="the RSNA challenge films' labels")

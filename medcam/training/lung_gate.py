@@ -54,16 +54,17 @@ def frontal_splits(classifier_config: str | Path, lungs_config: str | Path, rsna
                    *, seed: int = 0) -> tuple[Path, Path]:
     """Write ``out/val.csv`` and ``out/test.csv``: the frontal populations' validation and test films.
 
-    Columns as :func:`medcam.training.data.write_samples` (with ``population``); the RSNA films keep a
-    ``finding`` (PNEUMONIA, NORMAL or OTHER) in ``label_name`` only as NORMAL/PNEUMONIA, since
-    OTHER films are not pneumonia.
+    The classifier config's own splits (with ``population``, ``finding``), and the lung-mask
+    films' split (population ``lungs``). The RSNA films of ``rsna`` are added with a split of
+    their own only when the config does not train on them already (then its split is used).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = load_config(classifier_config)
     _, val, test = split_populations(read_populations(config), config)
-    rsna_samples = _read_rsna(Path(rsna))
-    _, rsna_val, rsna_test = split_by_patient(rsna_samples, [0.7, 0.15, 0.15], seed)
+    if Path(rsna).resolve() not in {Path(d.source).resolve() for d in config.data.datasets}:
+        _, rsna_val, rsna_test = split_by_patient(_read_rsna(Path(rsna)), [0.7, 0.15, 0.15], seed)
+        val, test = [*val, *rsna_val], [*test, *rsna_test]
     lungs = load_lungs_config(lungs_config)
     _, lung_val, lung_test = split_lung_samples(read_lung_samples(lungs.data), lungs.seed)
 
@@ -71,8 +72,8 @@ def frontal_splits(classifier_config: str | Path, lungs_config: str | Path, rsna
         return [Sample(s.image, 0, s.patient_id, "lungs", "PA") for s in part]
 
     paths = out / "val.csv", out / "test.csv"
-    write_samples(paths[0], [*val, *rsna_val, *as_samples(lung_val)], _CLASSES)
-    write_samples(paths[1], [*test, *rsna_test, *as_samples(lung_test)], _CLASSES)
+    write_samples(paths[0], [*val, *as_samples(lung_val)], _CLASSES)
+    write_samples(paths[1], [*test, *as_samples(lung_test)], _CLASSES)
     return paths
 
 

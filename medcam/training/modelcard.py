@@ -29,6 +29,12 @@ SOURCES = {
              "adults aged 18-90, pneumonia against no finding, downsized to 512x512 8-bit. Labels were mined from "
              "reports by NLP and are noisy; view and label are confounded (normals mostly AP, pneumonia mostly "
              "PA), so results are reported within each view too.",
+    "rsna": "RSNA Pneumonia Detection Challenge 2018 (Shih et al., Radiology: AI 2019), 913 frontal (PA/AP) films "
+            "of 913 patients (852 adults aged 18-84, 61 children aged 3-17), NIH ChestX-ray14 films downsized to "
+            "512x512 8-bit, labelled by radiologists of the RSNA and the Society of Thoracic Radiology: 231 "
+            "\"Lung Opacity\" (positive; 375 opacity boxes), 273 \"Normal\" and 409 \"No Lung Opacity / Not "
+            "Normal\" (negative: abnormal films that are not pneumonia-like). Research use; acknowledge the RSNA, "
+            "the STR and the NIH Clinical Center.",
 }
 
 
@@ -44,7 +50,8 @@ def _ci(m: Mapping[str, Any], key: str) -> str:
 
 def _row(split: str, m: Mapping[str, Any], pointing: str) -> str:
     if m.get("auroc") is None:
-        return f"| {split} | {m['n']} ({m['n_positive']} pneumonia) | one class only | | | | {pointing} |"
+        flagged = f"{m['flagged']:.0%} flagged" if m.get("flagged") is not None else ""
+        return f"| {split} | {m['n']} ({m['n_positive']} pneumonia) | one class only | | | | {pointing} | {flagged} |"
     c = m["confusion"]
     return (f"| {split} | {m['n']} ({m['n_positive']} pneumonia, {m['n_groups']} patients) | {_ci(m, 'auroc')} | "
             f"{_ci(m, 'sensitivity')} | {_ci(m, 'specificity')} | {m['ece']:.3f} | {pointing} |"
@@ -64,11 +71,17 @@ def _tables(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
             found = m if group == "all" else m.get("groups", {}).get(group)
             if found is None:
                 continue
-            loc = m.get("localisation") if group == "all" else None
-            pointing = f"{loc['pointing_game']:.2f} (n={loc['n_with_boxes']})" if loc and loc["n_with_boxes"] else "-"
+            loc = m.get("localisation") or {}
+            if group != "all":
+                loc = loc.get("populations", {}).get(group) or {}
+            pointing = f"{loc['pointing_game']:.2f} (n={loc['n_with_boxes']})" if loc.get("n_with_boxes") else "-"
             lines.append(_row(split, found, pointing))
         lines.append("")
     return lines
+
+
+def _relative_config(config: Mapping[str, Any]) -> str:
+    return Path(str(config.get("data", {}).get("parent", ""))).name
 
 
 def _grid(ckpt: Checkpoint) -> str:
@@ -164,7 +177,12 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
         f"- {data.get('n_train', 0) + data.get('n_val', 0) + data.get('n_test', 0)} images of "
         f"{data.get('n_patients', '?')} patients, each population split by patient on its own (no patient in two "
         f"splits), stratified by label: train {data.get('n_train', '?')}, validation {data.get('n_val', '?')}, "
-        f"test {data.get('n_test', '?')}.",
+        f"test {data.get('n_test', '?')}"
+        + (f"; every patient of the parent model's splits kept in his part (`{_relative_config(config)}`)"
+           if config.get("data", {}).get("parent") else "")
+        + (f"; the {config['data']['dedupe'][0]} films that are also {config['data']['dedupe'][1]} films (by their "
+           f"pixels) dropped, their copies split with their patients" if config.get("data", {}).get("dedupe")
+           else "") + ".",
         f"- Data hash (SHA-256 over files and labels): `{data.get('sha256', '?')}`.",
         "",
         "## Training",
@@ -178,6 +196,11 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
         "- Augmentation: gamma 0.7-1.5, rotation +-10 degrees, scale +-10%, shift +-6%, Gaussian noise"
         + (f", one to four random rectangles erased (probability {train_cfg['erase']})" if train_cfg.get("erase")
            else "") + "; no flips.",
+        *([f"- Maps supervised during training only (nothing added to the network, whose maps still average to "
+           f"its logits): positive evidence of the pneumonia map outside the bundled segmenter's lungs penalised on "
+           f"every film (weight {train_cfg.get('lung_loss', 0)}), and the map's spatial-softmax mass drawn into the "
+           f"radiologists' opacity boxes on RSNA opacity films (weight {train_cfg.get('box_loss', 0)})."]
+          if train_cfg.get("lung_loss") or train_cfg.get("box_loss") else []),
         *([f"- Validated and kept: the exponential moving average of the weights (decay {train_cfg['ema']} per "
            "step), not the last step's weights."] if train_cfg.get("ema") else []),
         f"- {training.get('epochs_run', '?')} epochs run, best epoch {training.get('best_epoch', '?')}, "
@@ -200,12 +223,14 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
     lines += [
         "## Limits",
         "",
-        "- Two public sources, each from one centre; no patient aged 6-17; performance on other hospitals, "
-        "portable/ICU films, other devices and other populations is unknown and likely lower.",
-        "- Trained on resized 8-bit PNGs, not on original DICOM: the display pipeline and resizing of a new site's "
-        "images differ from training.",
-        "- Labels are image-level (graders for the children, report mining for the adults), not confirmed outcomes; "
-        "no region labels were used in training.",
+        f"- Public sources ({', '.join(populations)}), each from one centre; few patients aged 6-17; performance "
+        "on other hospitals, portable/ICU films, other devices and other populations is unknown and likely lower.",
+        "- Trained on resized 8-bit PNG/JPEG copies, not on original DICOM: the display pipeline and resizing of a "
+        "new site's images differ from training.",
+        "- Labels are image-level readings (graders for the children, report mining for the NIH adults, "
+        "radiologists for RSNA), not confirmed outcomes"
+        + ("; region labels (boxes) exist only for the RSNA opacity films." if "rsna" in populations
+           else "; no region labels were used in training."),
         "- Not for clinical use.",
         "",
     ]
