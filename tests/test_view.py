@@ -110,7 +110,7 @@ def test_lateral_films_are_refused_unless_their_tags_name_a_frontal_view(served:
 def test_frontal_test_films_of_every_population_pass_the_view_check(served: ServedModel, tmp_path: Path) -> None:
     if not (SHARED / "rsna" / "labels.csv").is_file():
         pytest.skip(f"{SHARED} is absent (../shared is not checked out here)")
-    _, test = frontal_splits(REPO / "configs" / "pneumonia_adult_pediatric.yaml", REPO / "configs" / "lungs.yaml",
+    _, test = frontal_splits(REPO / "configs" / "pneumonia_three_sources.yaml", REPO / "configs" / "lungs.yaml",
                              SHARED / "rsna" / "labels.csv", tmp_path)
     with open(test, newline="") as f:
         rows = list(csv.DictReader(f))
