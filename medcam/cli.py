@@ -34,7 +34,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    train(load_config(args.config), args.out)
+    train(load_config(args.config), args.out, device=args.device)
     return 0
 
 
@@ -279,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/pneumonia_densenet121.yaml")
     p.add_argument("--out", default="runs/train", help="run folder (resumed if it holds last.pt)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="where the network trains: cpu (default), cuda, cuda:1 ...; "
+                   "a run may resume on another device")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("train-lungs", help="train the lung-field segmenter from a YAML config (resumes)")

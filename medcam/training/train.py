@@ -301,21 +301,22 @@ def map_losses(maps: torch.Tensor, labels: torch.Tensor, positive: int, *, lungs
     return out
 
 
-def _evaluate(model: nn.Module, loader: DataLoader, config: Config, *,
-              bf16: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _evaluate(model: nn.Module, loader: DataLoader, config: Config, *, bf16: bool,
+              device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits, labels, and per image whether the positive map's peak cell touches a box (-1: no box)."""
     model.eval()
     positive = config.model.classes.index(config.model.positive_class)
     logits, labels, hits = [], [], []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    device = device or torch.device("cpu")
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for batch in loader:
-            x = batch["image"]
+            x = batch["image"].to(device)
             if config.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             output: CAMOutput = model(x)
-            logits.append(output.logits.float())
+            logits.append(output.logits.float().cpu())
             labels.append(batch["label"])
-            maps = output.maps[:, positive].float()
+            maps = output.maps[:, positive].float().cpu()
             if "boxes" in batch:
                 grid = (int(maps.shape[-2]), int(maps.shape[-1]))
                 inside = F.adaptive_avg_pool2d(batch["boxes"].float(), grid)[:, 0].flatten(1) > 0
@@ -332,8 +333,14 @@ def _atomic_save(obj: dict[str, Any], path: Path) -> None:
         torch.save(obj, f)
 
 
-def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
-    """Train ``config`` into the folder ``out`` (resuming from ``out/last.pt``); return best.pt."""
+def train(config: Config, out: str | Path, *, log: Any = print, device: str = "cpu") -> Path:
+    """Train ``config`` into the folder ``out`` (resuming from ``out/last.pt``); return best.pt.
+
+    ``device``: where the network trains (``cpu``, ``cuda``, ``cuda:1`` ...); not part of the
+    config, so a run may resume on another device. Images are decoded, augmented and the lung
+    masks computed on the CPU; the checkpoints are written with CPU tensors.
+    """
+    where = torch.device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     classes = config.model.classes
@@ -355,7 +362,7 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
     if initial is not None:
         network.load_state_dict(initial)
     # trained as served: one pass gives the logits (the maps' mean) and the maps the map losses read
-    model = convert_to_cam(network, inplace=True)
+    model = convert_to_cam(network, inplace=True).to(where)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     # the weights' moving average is what is validated and kept, when the config asks for one
@@ -415,14 +422,14 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
         parts = dict.fromkeys(map_weights, 0.0)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", unit="batch", leave=False)
         for batch in bar:
-            x, y = batch["image"], batch["label"]
+            x, y = batch["image"].to(where), batch["label"].to(where)
             if config.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.bf16):
+            with torch.autocast(where.type, dtype=torch.bfloat16, enabled=config.train.bf16):
                 output = model(x)
                 loss = loss_fn(output.logits.float(), y)
-                extra = map_losses(output.maps[:, positive], y, positive, lungs=batch.get("lungs"),
-                                   boxes=batch.get("boxes"))
+                masks = {k: batch[k].to(where) for k in ("lungs", "boxes") if k in batch}
+                extra = map_losses(output.maps[:, positive], y, positive, **masks)
                 for name, weight in map_weights.items():
                     if weight and name in extra:
                         loss = loss + weight * extra[name]
@@ -436,7 +443,7 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
             seen += len(y)
             bar.set_postfix(loss=f"{total / seen:.4f}", img_s=f"{seen / (time.time() - tick):.1f}")
         scheduler.step()
-        logits, labels, hits = _evaluate(scored, val_loader, config, bf16=config.train.bf16)
+        logits, labels, hits = _evaluate(scored, val_loader, config, bf16=config.train.bf16, device=where)
         probs = torch.softmax(torch.from_numpy(logits), -1)[:, positive].numpy()
         aurocs = _population_aurocs(probs, labels == positive, val_populations)
         auc = min(aurocs.values())  # the weaker population decides
@@ -463,9 +470,9 @@ def train(config: Config, out: str | Path, *, log: Any = print) -> Path:
                      state_path)
         (out / "history.json").write_text(json.dumps(history, indent=2))
 
-    model.load_state_dict(torch.load(out / "best_weights.pt", weights_only=True)["model"])
+    model.load_state_dict(torch.load(out / "best_weights.pt", map_location="cpu", weights_only=True)["model"])
     # calibrate in float32, as the model is served, so that the threshold holds at inference
-    logits, labels, _ = _evaluate(model, val_loader, config, bf16=False)
+    logits, labels, _ = _evaluate(model, val_loader, config, bf16=False, device=where)
     point = fit_operating_point(logits, labels, val_populations, positive, config.train.target_sensitivity)
     best = out / "best.pt"
     model_id = save_checkpoint(
