@@ -80,9 +80,9 @@ def assert_close_at_model_size(path: Path, expected_method: str, expected_factor
 
 @pytest.mark.parametrize(("name", "method", "factor"), [
     ("RG1_UNCR.dcm", "block mean 2x2", 2),  # block means stop at MAX_BLOCK_FACTOR
-    ("RG1_J2KR.dcm", "JPEG 2000 decoded 2 resolution levels down", 4),
-    ("RG1_J2KI.dcm", "JPEG 2000 decoded 1 resolution levels down", 2),  # lossy: MAX_LOSSY_LEVELS
-    ("RG3_J2KR.dcm", "JPEG 2000 decoded 2 resolution levels down", 4),
+    ("RG1_J2KR.dcm", "JPEG 2000 decoded 1 resolution levels down", 2),  # MAX_LEVELS
+    ("RG1_J2KI.dcm", "JPEG 2000 decoded 1 resolution levels down", 2),
+    ("RG3_J2KR.dcm", "JPEG 2000 decoded 1 resolution levels down", 2),
     ("MR2_J2KR.dcm", "JPEG 2000 decoded 1 resolution levels down", 2),
 ])
 def test_pydicom_data_files_reduced_match_the_full_image_at_model_size(

@@ -133,9 +133,11 @@ def examine(table: Table, settings: Settings, reference: Table | None = None, un
 
 def validation_flag_rate(metadata: dict[str, Any]) -> float | None:
     """The share of the validation split a checkpoint would flag at its threshold, from the
-    calibration record (per population: positives times sensitivity plus negatives times one
-    minus specificity), or None when the checkpoint has none."""
-    populations = (metadata.get("calibration") or {}).get("validation") or {}
+    calibration record, or the training's when the calibration was not refitted (per population:
+    positives times sensitivity plus negatives times one minus specificity), or None when the
+    checkpoint has neither."""
+    populations = ((metadata.get("calibration") or {}).get("validation")
+                   or (metadata.get("training") or {}).get("validation") or {})
     total = flagged = 0.0
     for figures in populations.values():
         try:
