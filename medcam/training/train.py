@@ -58,7 +58,7 @@ from medcam.io import load_image
 from medcam.models.cam import CAMOutput, convert_to_cam
 from medcam.models.checkpoint import load_checkpoint, resave_checkpoint, save_checkpoint
 from medcam.models.grid import GridTransform
-from medcam.models.lungs import LungSegmenter, load_segmenter
+from medcam.models.lungs import LungSegmenter, cell_fractions, load_segmenter
 from medcam.models.networks import build_network
 from medcam.models.preprocess import resize, standardise
 from medcam.training.calibration import Calibration, fit_operating_point
@@ -273,6 +273,11 @@ def _without_epochs(config: dict[str, Any]) -> dict[str, Any]:
             "train": {k: v for k, v in train.items() if k != "epochs"}}
 
 
+def _cells_touched(boxes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``(B, cells)``: whether a box mask ``(B, 1, n, n)`` touches each CAM cell."""
+    return F.adaptive_avg_pool2d(boxes.float(), grid)[:, 0].flatten(1) > 0
+
+
 def map_losses(maps: torch.Tensor, labels: torch.Tensor, positive: int, *, lungs: torch.Tensor | None = None,
                boxes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The training-only losses on the positive class's maps ``(B, rows, cols)`` (the CAM grid).
@@ -287,10 +292,10 @@ def map_losses(maps: torch.Tensor, labels: torch.Tensor, positive: int, *, lungs
     maps = maps.float()
     out: dict[str, torch.Tensor] = {}
     if lungs is not None:
-        m = F.adaptive_avg_pool2d(lungs.float(), grid)[:, 0]
+        m = cell_fractions(lungs, grid)  # m(p) as the served lung_evidence computes it
         out["lungs"] = (maps.clamp_min(0) * (1 - m)).flatten(1).mean(1).mean()
     if boxes is not None:
-        inside = F.adaptive_avg_pool2d(boxes.float(), grid)[:, 0].flatten(1) > 0
+        inside = _cells_touched(boxes, grid)
         chosen = (labels == positive) & inside.any(1)
         if chosen.any():
             attention = torch.softmax(maps.flatten(1)[chosen], dim=1)
@@ -318,8 +323,7 @@ def _evaluate(model: nn.Module, loader: DataLoader, config: Config, *, bf16: boo
             labels.append(batch["label"])
             maps = output.maps[:, positive].float().cpu()
             if "boxes" in batch:
-                grid = (int(maps.shape[-2]), int(maps.shape[-1]))
-                inside = F.adaptive_avg_pool2d(batch["boxes"].float(), grid)[:, 0].flatten(1) > 0
+                inside = _cells_touched(batch["boxes"], (int(maps.shape[-2]), int(maps.shape[-1])))
                 peak = maps.flatten(1).argmax(1)
                 hit = inside.gather(1, peak[:, None])[:, 0].long()
                 hits.append(torch.where(inside.any(1), hit, torch.full_like(hit, -1)))
