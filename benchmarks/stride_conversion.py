@@ -46,7 +46,7 @@ def main() -> None:
         found = collect_features(classifier, [s.path for s in samples], batch_size=args.batch_size)
         assert not found.failures, found.failures
         assert found.logits is not None
-        probs[stride] = classifier.probabilities(found.logits)[:, positive].numpy()
+        probs[stride] = classifier.probabilities(found.logits, found.features)[:, positive].numpy()
     labels = np.array([s.label == positive for s in samples])
     populations = np.array([s.population or "all" for s in samples])
 

@@ -156,8 +156,17 @@ def _recalibrate(args: argparse.Namespace) -> int:
     from medcam.training.train import recalibrate
 
     try:
+        groups = None
+        if args.group:
+            groups = {}
+            for text in args.group:
+                name, _, held = text.partition("=")
+                if not name or not held:
+                    raise ValueError(f"--group {text!r}: write NAME=POPULATION[,POPULATION...]")
+                groups[name.strip()] = [p.strip() for p in held.split(",") if p.strip()]
         model_id = recalibrate(args.model, args.data, out=args.out, sensitivity=args.sensitivity,
-                               bias=not args.temperature_only, batch_size=args.batch_size)
+                               bias=not args.temperature_only, batch_size=args.batch_size, groups=groups,
+                               train=args.train)
     except ValueError as err:  # no target sensitivity known, or data that cannot fix a threshold
         raise MedcamError(str(err)) from err
     print(f"wrote {args.out} ({model_id})")
@@ -168,7 +177,7 @@ def _fit_ood(args: argparse.Namespace) -> int:
     from medcam.commands.gate import fit_ood_command
 
     fit_ood_command(args.model, args.data, args.val, args.out, batch_size=args.batch_size,
-                    quantile=args.quantile)
+                    quantile=args.quantile, reference=args.reference)
     return 0
 
 
@@ -445,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recalibrate", help="refit a checkpoint's calibration and threshold on validation data",
                        description="Refit the calibration map (temperature and class bias, populations weighing the "
-                       "same) and the one operating threshold (the target sensitivity in every population) on "
+                       "same; or one map per --group of populations) and the one operating threshold (the target "
+                       "sensitivity in every population) on "
                        "labelled validation images - never the test split; the weights are kept.")
     _add_model(p)
     p.add_argument("--data", required=True, metavar="VAL.csv",
@@ -453,19 +463,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="MODEL.pt", help="the recalibrated checkpoint")
     p.add_argument("--sensitivity", type=float, help="reached in every population (default: the training config's)")
     p.add_argument("--temperature-only", action="store_true", help="fit a temperature alone, no class bias")
+    p.add_argument("--group", action="append", metavar="NAME=POP[,POP...]",
+                   help="one calibration map per group of populations, chosen per image from its features by a "
+                   "linear discriminant fitted on --train (repeat for every group: --group pediatric=pediatric "
+                   "--group adult=adult,rsna)")
+    p.add_argument("--train", metavar="TRAIN.csv", help="the training images (with a population column) the "
+                   "discriminant behind --group is fitted on")
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_recalibrate)
 
     p = sub.add_parser("fit-ood", help="fit the image gate's out-of-distribution statistics into a checkpoint",
-                       description="Fit class means and a shrunk covariance (Ledoit-Wolf) of the model's pooled "
-                       "features on the training images, set the refusal threshold at a quantile of the "
-                       "validation images' scores, and write a new checkpoint that carries them.")
+                       description="Fit means (one per population and class, and one for the reference films) and "
+                       "a shrunk covariance (Ledoit-Wolf) of the model's pooled features on the training images, "
+                       "set the refusal threshold at a quantile of every population's validation scores, and "
+                       "write a new checkpoint that carries them.")
     p.add_argument("--model", required=True, help="checkpoint path, or 'bundled'")
     p.add_argument("--data", required=True, help="training images: CSV (file,label[,patient_id]) or a folder per class")
     p.add_argument("--val", required=True, help="validation images, for the threshold (same forms)")
     p.add_argument("--out", required=True, help="the checkpoint to write (may be --model itself, not 'bundled')")
     p.add_argument("--quantile", type=float, default=0.99,
                    help="validation quantile of the threshold (default 0.99: 1%% of validation images refused)")
+    p.add_argument("--reference", help="CSV of more frontal chest films the model was not trained on (its 'file' "
+                   "or first column), summarised by one more mean: e.g. the lung segmenter's training split")
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_fit_ood)
 

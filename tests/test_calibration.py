@@ -8,9 +8,11 @@ import torch
 
 from medcam.training.calibration import (
     Calibration,
+    PopulationCalibration,
     expected_calibration_error,
     fit_calibration,
     fit_operating_point,
+    fit_population_operating_point,
     screening_threshold,
 )
 from medcam.training.evaluate import evaluate_scores
@@ -83,6 +85,62 @@ def test_operating_point_reaches_the_sensitivity_in_every_population_and_keeps_t
     flags = [point.calibration(torch.as_tensor(logits))[:, 1].numpy() >= point.threshold
              for point in (platt, temperature)]
     assert np.array_equal(flags[0], flags[1]), "a monotone map of the margin keeps the same cases flagged"
+
+
+def test_population_calibration_gives_each_image_its_population_map() -> None:
+    maps = (Calibration(0.5, (0.0, 1.0)), Calibration(3.0, (0.0, -0.5)))
+    coef = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # the larger feature names the population
+    populations = PopulationCalibration(("children", "adults"), maps, coef, torch.zeros(2, dtype=torch.float64))
+    features = torch.tensor([[2.0, 0.0], [0.0, 2.0], [5.0, 1.0]])
+    logits = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, -2.0]])
+    assert populations.population_index(features).tolist() == [0, 1, 0]
+    assert populations.select(features) == [maps[0], maps[1], maps[0]]
+    expected = torch.cat([maps[0](logits[:1]), maps[1](logits[1:2]), maps[0](logits[2:])])
+    torch.testing.assert_close(populations(logits, features), expected)
+    back = PopulationCalibration.from_metadata(populations.to_metadata())
+    assert back.populations == populations.populations and back.calibrations == maps
+    torch.testing.assert_close(back(logits, features), expected)
+    with pytest.raises(ValueError, match=r"features must have shape \(B, 2\)"):
+        populations(logits, torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="two or more distinct populations"):
+        PopulationCalibration(("one",), maps[:1], coef[:1], torch.zeros(1))
+    with pytest.raises(ValueError, match="newer"):
+        PopulationCalibration.from_metadata({**populations.to_metadata(), "version": 2})
+
+
+def test_a_map_per_population_calibrates_each_where_one_map_cannot() -> None:
+    """Two populations whose logits mean different risks; their features tell them apart."""
+    rng = np.random.default_rng(7)
+    a, a_labels = _cases(1500, scale=0.4, shift=1.5, seed=8)   # underconfident, mostly positive
+    b, b_labels = _cases(1500, scale=3.0, shift=-1.0, seed=9)  # overconfident, mostly negative
+    logits, labels = np.concatenate([a, b]), np.concatenate([a_labels, b_labels])
+    populations = np.array(["a"] * 1500 + ["b1"] * 700 + ["b2"] * 800)
+
+    def features(names: np.ndarray) -> np.ndarray:
+        centre = np.where(np.isin(names, ["a"]), 1.5, -1.5)[:, None]
+        return centre * np.ones((1, 6)) + rng.normal(0, 1, (len(names), 6))
+
+    train_populations = np.array(["a"] * 400 + ["b1"] * 200 + ["b2"] * 200)
+    point = fit_population_operating_point(
+        logits, labels, populations, features(populations), positive=1, sensitivity=0.9,
+        groups={"A": ["a"], "B": ["b1", "b2"]}, train_features=features(train_populations),
+        train_populations=train_populations)
+    pooled = fit_operating_point(logits, labels, np.where(populations == "a", "a", "b"), positive=1, sensitivity=0.9)
+    assert point.population_calibration is not None and point.population_calibration.populations == ("A", "B")
+    assert point.populations["a"]["calibrated_as"]["A"] > 0.97
+    assert point.populations["b1"]["calibrated_as"]["B"] > 0.97
+    for name in ("a", "b1", "b2"):
+        assert point.populations[name]["sensitivity"] >= 0.9
+        assert point.populations[name]["ece"] < 0.05
+    assert max(pooled.populations[name]["ece"] for name in ("a", "b")) > 0.08
+    with pytest.raises(ValueError, match="b2 in no group"):
+        fit_population_operating_point(logits, labels, populations, features(populations), 1, 0.9,
+                                       groups={"A": ["a"], "B": ["b1"]}, train_features=features(train_populations),
+                                       train_populations=train_populations)
+    with pytest.raises(ValueError, match="in two groups"):
+        fit_population_operating_point(logits, labels, populations, features(populations), 1, 0.9,
+                                       groups={"A": ["a", "b1"], "B": ["b1", "b2"]},
+                                       train_features=features(train_populations), train_populations=train_populations)
 
 
 def test_screening_threshold_reaches_the_sensitivity() -> None:

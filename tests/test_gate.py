@@ -541,6 +541,31 @@ def test_gate_runs_on_the_features_of_the_scoring_pass(
         OODStats.from_metadata(stats.to_metadata()).score(out.features[:, :10])
 
 
+def test_fit_ood_on_keeps_a_mean_per_class_and_one_for_the_reference_films(bundled: ServedModel,
+                                                                           tmp_path: Path) -> None:
+    from medcam.commands.gate import fit_ood_on
+
+    root = Path(__file__).resolve().parents[1]
+    films = sorted((root / "sample_data").glob("*.dcm"))
+    train = tmp_path / "train.csv"
+    train.write_text("file,label\n" + "".join(f"{f},{'PNEUMONIA' if 'pneumonia' in f.name else 'NORMAL'}\n"
+                                               for f in films))
+    reference = tmp_path / "reference.csv"  # the lung-split form: file first, other columns ignored
+    encodings = sorted((root / "tests" / "data" / "rg1" / "dicom").glob("*.dcm"))
+    reference.write_text("file,mask\n" + "".join(f"{f},none\n" for f in encodings))
+    stats = fit_ood_on(bundled, train, train, reference=reference, log=lambda _: None)
+    assert stats.groups == ("NORMAL", "PNEUMONIA", "reference") and stats.means.shape[0] == 3
+    assert stats.n_train == len(films) + len(encodings)
+    found = collect_features(bundled, [str(f) for f in encodings])
+    torch.testing.assert_close(stats.means[2], found.features.mean(0), atol=1e-4, rtol=1e-4)
+    assert OODStats.from_metadata(stats.to_metadata()).groups == stats.groups
+    with pytest.raises(ValueError, match="2 group names for 3 means"):
+        OODStats(stats.means, stats.precision, 1.0, groups=("a", "b"))
+    (tmp_path / "empty.csv").write_text("file\n")
+    with pytest.raises(ConfigError, match="lists no files"):
+        fit_ood_on(bundled, train, train, reference=tmp_path / "empty.csv")
+
+
 def test_fit_ood_threshold_lets_through_every_population() -> None:
     features, labels = _gaussian_classes(200, seed=1)
     val_features, _ = _gaussian_classes(120, seed=2)

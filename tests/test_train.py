@@ -14,6 +14,8 @@ from PIL import Image as PILImage
 
 from medcam.config import Config, DataConfig, PreprocessConfig, TrainConfig, load_config
 from medcam.errors import ConfigError
+from medcam.gate.served import ServedModel
+from medcam.io import load_image
 from medcam.models import Classifier, load_checkpoint, save_checkpoint
 from medcam.training.data import read_samples, split_by_patient
 from medcam.training.modelcard import render_model_card
@@ -178,7 +180,8 @@ def test_recalibrate_refits_map_and_threshold_on_validation_and_keeps_the_weight
     record = after.metadata["calibration"]
     assert before.class_bias is not None
     assert record["replaced"] == {"model_id": before.model_id, "temperature": before.temperature,
-                                  "class_bias": list(before.class_bias), "threshold": before.threshold}
+                                  "class_bias": list(before.class_bias), "threshold": before.threshold,
+                                  "population_calibration": False}
     assert set(record["validation"]) == {"children", "adults"} and record["target_sensitivity"] == 0.9
     assert all(m["sensitivity"] >= 0.9 for m in record["validation"].values())
     assert after.metadata["training"] == before.metadata["training"]
@@ -189,6 +192,71 @@ def test_recalibrate_refits_map_and_threshold_on_validation_and_keeps_the_weight
     save_checkpoint(bare, before.network, before.model, before.preprocess)
     with pytest.raises(ValueError, match="no target sensitivity"):
         recalibrate(bare, tmp_path / "run" / "val.csv", out=tmp_path / "x.pt")
+
+
+def _inverted_population(toy_csv: Path, tmp_path: Path) -> Config:
+    """The toy set as children and, inverted with a dark band, as adults: two populations that look apart."""
+    second = tmp_path / "inverted.csv"
+    with open(toy_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(second, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "label", "patient_id"])
+        for row in rows:
+            pixels = 255 - np.asarray(PILImage.open(toy_csv.parent / row["file"]))
+            pixels[:, :24] = 0  # and a dark band down one side
+            PILImage.fromarray(pixels.astype(np.uint8)).save(tmp_path / f"inv_{row['file']}")
+            writer.writerow([str(tmp_path / f"inv_{row['file']}"), row["label"], "b" + row["patient_id"]])
+    raw = {"preprocess": {"size": 64},
+           "data": {"sources": [{"name": "children", "source": str(toy_csv)},
+                                {"name": "adults", "source": str(second)}],
+                    "val_fraction": 0.25, "test_fraction": 0.25},
+           "train": {"epochs": 1, "batch_size": 8, "num_workers": 0, "samples_per_epoch": 16,
+                     "target_sensitivity": 0.9}}
+    return Config.from_dict(raw)
+
+
+def test_recalibrate_by_population_gives_each_image_its_group_map(toy_csv: Path, tmp_path: Path) -> None:
+    from medcam.models.checkpoint import read_payload
+
+    train(_inverted_population(toy_csv, tmp_path), tmp_path / "run", log=lambda _: None)
+    run, out = tmp_path / "run", tmp_path / "by_population.pt"
+    lines: list[str] = []
+    recalibrate(run / "best.pt", run / "val.csv", out=out, groups={"young": ["children"], "old": ["adults"]},
+                train=run / "train.csv", log=lines.append)
+    ckpt = load_checkpoint(out)
+    assert read_payload(Path(ckpt.path), "medcam-checkpoint", 4, "checkpoint")["format_version"] == 4
+    populations = ckpt.population_calibration
+    assert populations is not None and set(populations.populations) == {"young", "old"}
+    record = ckpt.metadata["calibration"]
+    assert record["groups"] == {"young": ["children"], "old": ["adults"]} and record["train"] == str(run / "train.csv")
+    assert record["validation"]["children"]["calibrated_as"]["young"] == 1.0
+    assert record["validation"]["adults"]["calibrated_as"]["old"] == 1.0
+    assert any("calibrated as young" in line for line in lines)
+
+    model = ServedModel(str(out))
+    samples = read_samples(run / "val.csv", ckpt.model.classes)
+    predictions = model.classify([load_image(s.path) for s in samples], batch_size=8)
+    by_name = dict(zip(populations.populations, populations.calibrations, strict=True))
+    for sample, prediction in zip(samples, predictions, strict=True):
+        expected = by_name["young" if sample.population == "children" else "old"]
+        assert prediction.calibration == expected
+        torch.testing.assert_close(prediction.probabilities, expected(prediction.logits[None])[0])
+    with pytest.raises(ValueError, match="calibrates per population"):
+        model.probabilities(predictions[0].logits[None])
+    # Grad-CAM's pass gives no pooled features: the model runs them, so the probabilities do not change
+    gradcam = model.classify([load_image(samples[0].path)], method="gradcam")[0]
+    torch.testing.assert_close(gradcam.probabilities, predictions[0].probabilities, atol=1e-4, rtol=0)
+
+    plain = tmp_path / "plain.pt"  # recalibrating with one map drops the population maps
+    recalibrate(out, run / "val.csv", out=plain, log=lambda _: None)
+    assert load_checkpoint(plain).population_calibration is None
+    assert load_checkpoint(plain).metadata["calibration"]["replaced"]["population_calibration"] is True
+    with pytest.raises(ValueError, match="needs the training images"):
+        recalibrate(run / "best.pt", run / "val.csv", out=tmp_path / "x.pt", groups={"young": ["children"]})
+    with pytest.raises(ValueError, match="adults in no group"):
+        recalibrate(run / "best.pt", run / "val.csv", out=tmp_path / "x.pt", groups={"young": ["children"]},
+                    train=run / "train.csv", log=lambda _: None)
 
 
 def test_the_recalibrate_command(toy_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -60,12 +60,22 @@ def write_manifest(path: Path, ckpt: Checkpoint, options: ScoreOptions, command:
         "model": {"id": ckpt.model_id, "path": ckpt.path, "trained": ckpt.trained,
                   "classes": list(ckpt.model.classes), "positive_class": ckpt.model.positive_class,
                   "temperature": ckpt.temperature, "class_bias": ckpt.class_bias, "threshold": ckpt.threshold,
-                  "preprocess": asdict(ckpt.preprocess)},
+                  "population_calibration": _populations(ckpt), "preprocess": asdict(ckpt.preprocess)},
         "options": json.loads(json.dumps(asdict(options), default=str)),
         "versions": {"medcam": medcam.__version__, "python": platform.python_version()},
         **extra,
     }
     path.write_text(json.dumps(manifest, indent=2))
+
+
+def _populations(ckpt: Checkpoint) -> dict[str, Any] | None:
+    """Each population's calibration map, when the model chooses one per image (then it replaces
+    ``temperature`` and ``class_bias``)."""
+    found = ckpt.population_calibration
+    if found is None:
+        return None
+    return {name: {"temperature": c.temperature, "class_bias": c.bias}
+            for name, c in zip(found.populations, found.calibrations, strict=True)}
 
 
 def echo_rows(results: Path, ok_text: Callable[[dict[str, str]], str]) -> None:

@@ -3,11 +3,12 @@
 :class:`~medcam.models.cam.SinglePassCAM` returns, beside the logits and maps, the pooled
 features ``f`` ``(B, C)`` that the linear head scores. Following Lee et al. (NeurIPS 2018,
 "A simple unified framework for detecting out-of-distribution samples and adversarial
-attacks"), the training features of each class ``k`` are summarised by their mean ``mu_k``
-and one covariance ``S`` shared by all classes, here shrunk towards a scaled identity with
+attacks"), the training features of each group ``k`` (a class of one population, such as
+``pediatric/PNEUMONIA``, and the reference films) are summarised by their mean ``mu_k`` and
+one covariance ``S`` shared by all groups, here shrunk towards a scaled identity with
 the Ledoit-Wolf estimator (sklearn's :class:`~sklearn.covariance.LedoitWolf`) because a
 DenseNet121 has 1024 features and a calibration set often has fewer images. The score is
-the Mahalanobis distance to the nearest class mean::
+the Mahalanobis distance to the nearest group mean::
 
     score(f) = min_k sqrt((f - mu_k)^T S^-1 (f - mu_k))
 
@@ -58,13 +59,15 @@ class OODStats:
     """Class means, shared shrunk precision matrix and refusal threshold of the image gate.
 
     Attributes:
-        means: ``(K, C)`` float32 class means of the training features.
+        means: ``(K, C)`` float32 group means of the training features.
         precision: ``(C, C)`` float32 inverse of the shared Ledoit-Wolf covariance.
         threshold: scores above it are refused.
         quantile: the validation quantile the threshold was set at.
         shrinkage: the Ledoit-Wolf shrinkage coefficient (0: sample covariance, 1: identity).
         n_train: training images the means and covariance came from.
         n_val: validation images the threshold came from.
+        groups: the name of each mean (``population/class``, ``reference``), or empty when
+            the statistics predate names.
     """
 
     means: torch.Tensor
@@ -74,6 +77,7 @@ class OODStats:
     shrinkage: float = 0.0
     n_train: int = 0
     n_val: int = 0
+    groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.means.ndim != 2 or self.precision.shape != (self.means.shape[1],) * 2:
@@ -81,6 +85,8 @@ class OODStats:
                 f"means must be (K, C) and precision (C, C), got {tuple(self.means.shape)} and "
                 f"{tuple(self.precision.shape)}"
             )
+        if self.groups and len(self.groups) != self.means.shape[0]:
+            raise ValueError(f"{len(self.groups)} group names for {self.means.shape[0]} means")
 
     @property
     def feature_dim(self) -> int:
@@ -92,7 +98,7 @@ class OODStats:
         return dataclasses.replace(self, means=self.means.to(device), precision=self.precision.to(device))
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
-        """Mahalanobis distance ``(B,)`` of features ``(B, C)`` to the nearest class mean.
+        """Mahalanobis distance ``(B,)`` of features ``(B, C)`` to the nearest group mean.
 
         Computed in float32 on the features' device, for the whole batch and every class at
         once; the statistics are moved there when they are elsewhere (use :meth:`to` once to
@@ -135,6 +141,7 @@ class OODStats:
             "shrinkage": float(self.shrinkage),
             "n_train": int(self.n_train),
             "n_val": int(self.n_val),
+            "groups": list(self.groups),
         }
 
     @classmethod
@@ -158,6 +165,7 @@ class OODStats:
                 shrinkage=float(meta.get("shrinkage", 0.0)),
                 n_train=int(meta.get("n_train", 0)),
                 n_val=int(meta.get("n_val", 0)),
+                groups=tuple(str(g) for g in meta.get("groups", ())),
             )
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"the checkpoint's {METADATA_KEY!r} metadata is malformed ({err})") from err
@@ -171,7 +179,7 @@ def fit_ood(
     quantile: float = 0.99,
     groups_val: Sequence[str] | None = None,
 ) -> OODStats:
-    """Fit class means and a Ledoit-Wolf shared covariance, and set the threshold on validation.
+    """Fit group means and a Ledoit-Wolf shared covariance, and set the threshold on validation.
 
     The threshold is the ``quantile`` of the validation images' scores, not of the training
     images': the training images were used to fit the statistics and score lower than new
@@ -179,7 +187,8 @@ def fit_ood(
 
     Args:
         features_train: ``(N, C)`` pooled features of the training images.
-        labels_train: ``(N,)`` class index of each training image.
+        labels_train: ``(N,)`` group index of each training image (its class, or its
+            population and class).
         features_val: ``(M, C)`` pooled features of validation images (other patients).
         quantile: the share of validation images that the threshold lets through.
         groups_val: the population of each validation image; then the threshold lets

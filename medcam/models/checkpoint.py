@@ -33,14 +33,15 @@ import medcam
 from medcam.config import ModelConfig, PreprocessConfig
 from medcam.errors import CheckpointError, ConfigError
 from medcam.files import atomic_open
-from medcam.models.calibration import Calibration
+from medcam.models.calibration import Calibration, PopulationCalibration
 from medcam.models.networks import build_network
 
-__all__ = ["BUNDLED_MODEL", "Checkpoint", "file_id", "load_checkpoint", "plain_metadata", "read_payload",
-           "resave_checkpoint", "save_checkpoint"]
+__all__ = ["BUNDLED_MODEL", "POPULATION_KEY", "Checkpoint", "file_id", "load_checkpoint", "plain_metadata",
+           "read_payload", "resave_checkpoint", "save_checkpoint"]
 
 FORMAT = "medcam-checkpoint"
-FORMAT_VERSION = 3  # the newest this medcam reads; 2 adds class_bias, 3 model.output_stride
+FORMAT_VERSION = 4  # the newest this medcam reads; 2 adds class_bias, 3 model.output_stride, 4 population_calibration
+POPULATION_KEY = "population_calibration"
 BUNDLED_MODEL = "bundled"
 
 
@@ -53,6 +54,8 @@ class Checkpoint:
         class_bias: added per class after the division (Platt scaling), or None.
         threshold: operating point on the calibrated probability of ``model.positive_class``.
         trained: False for an untrained placeholder; every output says so.
+        population_calibration: one calibration map per population, chosen per image from
+            its features (then it replaces ``temperature`` and ``class_bias``), or None.
     """
 
     network: nn.Module
@@ -65,10 +68,12 @@ class Checkpoint:
     trained: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
     class_bias: tuple[float, ...] | None = None
+    population_calibration: PopulationCalibration | None = None
 
     @property
     def calibration(self) -> Calibration:
-        """The map from logits to calibrated probabilities."""
+        """The map from logits to calibrated probabilities (of every image, unless the checkpoint has a
+        :attr:`population_calibration`)."""
         return Calibration(self.temperature, self.class_bias)
 
 
@@ -145,7 +150,11 @@ def save_checkpoint(
     if calibration.bias is not None:
         metadata["class_bias"] = list(calibration.bias)
     metadata.update(plain_metadata(extra or {}))
+    if metadata.get(POPULATION_KEY) is None:  # None in ``extra`` drops a population calibration
+        metadata.pop(POPULATION_KEY, None)
     version = 3 if "output_stride" in model_meta else 1 if calibration.bias is None else 2
+    if POPULATION_KEY in metadata:  # a medcam that cannot choose the map per image must refuse the file
+        version = 4
     payload = {"format": FORMAT, "format_version": version, "state_dict": state, "metadata": metadata}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +181,8 @@ def load_checkpoint(path: str | Path = BUNDLED_MODEL, *, device: str | torch.dev
                                   None if bias is None else tuple(float(b) for b in bias))
         if calibration.bias is not None and len(calibration.bias) != len(model.classes):
             raise ValueError(f"class_bias has {len(calibration.bias)} values for {len(model.classes)} classes")
+        populations = (None if meta.get(POPULATION_KEY) is None
+                       else PopulationCalibration.from_metadata(meta[POPULATION_KEY]))
     except (KeyError, TypeError, ValueError, ConfigError) as err:
         raise CheckpointError(f"{file}: metadata is incomplete or invalid ({err})") from err
     network = build_network(model)
@@ -192,6 +203,7 @@ def load_checkpoint(path: str | Path = BUNDLED_MODEL, *, device: str | torch.dev
         trained=bool(meta.get("trained", False)),
         metadata=meta,
         class_bias=calibration.bias,
+        population_calibration=populations,
     )
 
 

@@ -205,11 +205,36 @@ class Classifier:
         x = batch.to(self.device, memory_format=self.memory_format)
         with torch.inference_mode():
             output: CAMOutput = self._explainers[method](x)
+            if output.features is None and self.checkpoint.population_calibration is not None:
+                output = output._replace(features=self.cam(x).features)  # which population's calibration
         return self._with_lungs(output, x)
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Calibrated probabilities of logits ``(B, K)``: the checkpoint's calibration map."""
-        return self.checkpoint.calibration(logits)
+    def calibrations(self, features: torch.Tensor | None, n: int) -> list[Calibration]:
+        """The calibration map of each of ``n`` images: the checkpoint's, or the map of the population
+        each image's pooled ``features`` ``(n, C)`` resemble most.
+
+        Raises:
+            ValueError: the checkpoint calibrates per population and ``features`` is None.
+        """
+        populations = self.checkpoint.population_calibration
+        if populations is None:
+            return [self.checkpoint.calibration] * n
+        return populations.select(self._calibration_features(features))
+
+    def probabilities(self, logits: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrated probabilities of logits ``(B, K)``: the checkpoint's calibration map, or with a
+        population calibration each image's population's map (``features`` ``(B, C)`` of the same pass
+        are then needed)."""
+        populations = self.checkpoint.population_calibration
+        if populations is None:
+            return self.checkpoint.calibration(logits)
+        return populations(logits, self._calibration_features(features))
+
+    def _calibration_features(self, features: torch.Tensor | None) -> torch.Tensor:
+        if features is None:
+            raise ValueError(f"{self.checkpoint.model_id} calibrates per population: its probabilities need the "
+                             "pooled features of the same pass")
+        return features
 
     def classify(self, images: Sequence[Image], *, batch_size: int = 8, method: str = "cam") -> list[Prediction]:
         """Predictions for ``images``, in order, ``batch_size`` at a time, maps made by ``method``
@@ -230,7 +255,8 @@ class Classifier:
 
         ``ood_scores`` are the image gate's scores of the same pass (see :mod:`medcam.gate`).
         """
-        probs = self.probabilities(result.logits).cpu()
+        probs = self.probabilities(result.logits, result.features).cpu()
+        calibrations = self.calibrations(result.features, len(images))
         logits = result.logits.cpu()
         ckpt = self.checkpoint
         scores = list(ood_scores) if ood_scores is not None else [None] * len(images)
@@ -249,9 +275,9 @@ class Classifier:
                 positive_class=ckpt.model.positive_class,
                 threshold=ckpt.threshold,
                 model_id=ckpt.model_id,
-                temperature=ckpt.temperature,
+                temperature=calibrations[i].temperature,
                 ood_score=scores[i],
-                class_bias=ckpt.class_bias,
+                class_bias=calibrations[i].bias,
                 lungs=lungs[i],
                 lung_evidence=evidence[i],
                 evidence_threshold=self.evidence_threshold,

@@ -122,7 +122,7 @@ def _score_batch(batch: Batch, classifier: ServedModel, info: ModelInfo, options
     written: list[Written] = [Written() for _ in ok]
     if ok:
         output = classifier.explain(batch.inputs, options.method)
-        probabilities = classifier.probabilities(output.logits).float().cpu().tolist()
+        probabilities = classifier.probabilities(output.logits, output.features).float().cpu().tolist()
         verdicts = image_gate(classifier, output, batch.inputs, enforce=not options.ignore_intended_use,
                               view_named=[r.view_named for r in ok])
         evidence = classifier.lung_evidence(output, options.method)

@@ -250,13 +250,20 @@ class _Scorer:
         maps = np.full((len(ok), *self.map_shape), np.nan, dtype=np.float32)
         lungs = np.full((len(ok), *self.lung_shape), np.nan, dtype=np.float32)
         scores = np.full(len(ok), np.nan, dtype=np.float64)
+        temperature = np.ones(len(ok), dtype=np.float64)  # each image's calibration, for its files' regions
+        class_bias = np.full(probabilities.shape, np.nan, dtype=np.float64)
         evidence = np.full(len(ok), np.nan, dtype=np.float64)
         quality = np.array([""] * len(ok), dtype=object)
         status, reason = batch["status"].copy(), batch["reason"].copy()
         if ok.any():
             x = torch.from_numpy(np.ascontiguousarray(batch["x"][ok]))
             output = self.classifier.forward(x)
-            probabilities[ok] = self.classifier.probabilities(output.logits).float().cpu().numpy()
+            probabilities[ok] = self.classifier.probabilities(output.logits, output.features).float().cpu().numpy()
+            for i, calibration in zip(np.flatnonzero(ok), self.classifier.calibrations(output.features, int(ok.sum())),
+                                      strict=True):
+                temperature[i] = calibration.temperature
+                if calibration.bias is not None:
+                    class_bias[i] = calibration.bias
             if self.map_shape:
                 logits[ok] = output.logits.float().cpu().numpy()
                 maps[ok] = output.maps.float().cpu().numpy()
@@ -279,7 +286,8 @@ class _Scorer:
             "probabilities": probabilities, "ood": scores, "evidence": evidence, "quality": quality,
             "status": status, "reason": reason, "threshold": np.full(len(ok), self.classifier.evidence_threshold
                                                                       or np.nan, dtype=np.float64)}
-        return out | ({"logits": logits, "maps": maps, "lungs": lungs} if self.map_shape else {})
+        return out | ({"logits": logits, "maps": maps, "lungs": lungs, "temperature": temperature,
+                       "class_bias": class_bias} if self.map_shape else {})
 
 
 def _write(batch: dict[str, np.ndarray], preprocess: dict[str, Any], options: ScoreOptions, info: ModelInfo,
@@ -315,8 +323,8 @@ def _write(batch: dict[str, np.ndarray], preprocess: dict[str, Any], options: Sc
             positive_class=info.positive_class,
             threshold=info.threshold,
             model_id=info.model_id,
-            temperature=info.temperature,
-            class_bias=info.class_bias,
+            temperature=float(batch["temperature"][i]),
+            class_bias=None if np.isnan(batch["class_bias"][i]).any() else tuple(map(float, batch["class_bias"][i])),
             lungs=(maps_to_source(torch.from_numpy(batch["lungs"][i:i + 1]), transform)[0, 0] >= 0.5
                    if batch["lungs"].ndim == 4 and not np.isnan(batch["lungs"][i]).any() else None),
             lung_evidence=None if np.isnan(batch["evidence"][i]) else float(batch["evidence"][i]),

@@ -16,15 +16,19 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-from medcam.models.calibration import Calibration
+from medcam.models.calibration import Calibration, PopulationCalibration
 
-__all__ = ["Calibration", "OperatingPoint", "expected_calibration_error", "fit_calibration", "fit_operating_point",
-           "operating_threshold", "screening_threshold"]
+__all__ = ["Calibration", "OperatingPoint", "PopulationCalibration", "expected_calibration_error", "fit_calibration",
+           "fit_discriminant", "fit_operating_point", "fit_population_operating_point", "operating_threshold",
+           "screening_threshold"]
 
 
 def fit_calibration(logits: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None, *,
@@ -114,12 +118,17 @@ class OperatingPoint:
         calibration: fitted with every population weighing the same.
         threshold: the one threshold for every population (:func:`operating_threshold`).
         populations: per population, ``ece``, ``sensitivity`` and ``specificity`` at the
-            threshold, ``n`` and ``n_positive``, on the data the fit saw.
+            threshold, ``n`` and ``n_positive``, on the data the fit saw; with a population
+            calibration also ``calibrated_as``, the share of its images given each map.
+        population_calibration: one map per group of populations, chosen per image from its
+            features, which then replaces :attr:`calibration` (the threshold and figures are
+            of its probabilities); or None.
     """
 
     calibration: Calibration
     threshold: float
-    populations: dict[str, dict[str, float]] = field(default_factory=dict)
+    populations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    population_calibration: PopulationCalibration | None = None
 
 
 def fit_operating_point(logits: np.ndarray, labels: np.ndarray, populations: np.ndarray, positive: int,
@@ -135,12 +144,83 @@ def fit_operating_point(logits: np.ndarray, labels: np.ndarray, populations: np.
     labels, populations = np.asarray(labels), np.asarray(populations)
     calibration = fit_calibration(logits, labels, populations, bias=bias)
     probs = calibration(torch.as_tensor(np.asarray(logits), dtype=torch.float64))[:, positive].numpy()
-    hit = labels == positive
+    return _operating_point(calibration, probs, labels == positive, populations, sensitivity)
+
+
+def fit_population_operating_point(logits: np.ndarray, labels: np.ndarray, populations: np.ndarray,
+                                   features: np.ndarray, positive: int, sensitivity: float, *,
+                                   groups: Mapping[str, Sequence[str]], train_features: np.ndarray,
+                                   train_populations: np.ndarray, bias: bool = True) -> OperatingPoint:
+    """One calibration map per group of populations, the group told from the features; one threshold.
+
+    A linear discriminant (sklearn's :class:`~sklearn.discriminant_analysis.LinearDiscriminantAnalysis`,
+    Ledoit-Wolf shrinkage, as 1024 features against a few thousand films call for) is fitted on
+    the training images' pooled features to tell the groups apart. Each group's map is fitted
+    on its own validation images (its populations weighing the same); the validation images
+    are then calibrated as served, by the group the discriminant picks, and the threshold
+    reaches ``sensitivity`` in every population. The point's :attr:`~OperatingPoint.calibration`
+    is the one map of :func:`fit_operating_point`, kept as the checkpoint's plain calibration.
+
+    Args:
+        logits, labels, populations: validation images, as :func:`fit_operating_point`.
+        features: ``(N, C)`` pooled features of the same validation images.
+        groups: group name -> the populations it holds, e.g. ``{"adult": ["adult", "rsna"],
+            "pediatric": ["pediatric"]}``; every population must be in one group.
+        train_features, train_populations: ``(M, C)`` and ``(M,)`` of the training images.
+
+    Raises:
+        ValueError: a population is in no group or in two, or a group has no images.
+    """
+    member: dict[str, str] = {}
+    for name, held in groups.items():
+        for population in held:
+            if population in member:
+                raise ValueError(f"population {population!r} is in two groups, {member[population]!r} and {name!r}")
+            member[population] = name
+    labels, populations = np.asarray(labels), np.asarray(populations).astype(str)
+    train_populations = np.asarray(train_populations).astype(str)
+    unknown = sorted((set(populations) | set(train_populations)) - set(member))
+    if unknown:
+        raise ValueError(f"population(s) {', '.join(unknown)} in no group of {dict(groups)}")
+    names, coef, intercept = fit_discriminant(np.asarray(train_features), [member[p] for p in train_populations])
+    in_group = np.array([member[p] for p in populations])
+    maps = []
+    for name in names:
+        mask = in_group == name
+        if not mask.any():
+            raise ValueError(f"no validation images of group {name!r}")
+        maps.append(fit_calibration(np.asarray(logits)[mask], labels[mask], populations[mask], bias=bias))
+    calibration = PopulationCalibration(names, tuple(maps), coef, intercept)
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    probs = calibration(torch.as_tensor(np.asarray(logits), dtype=torch.float64), x)[:, positive].numpy()
+    chosen = np.array(names)[calibration.population_index(x).numpy()]
+    point = _operating_point(fit_calibration(logits, labels, populations, bias=bias), probs, labels == positive,
+                             populations, sensitivity, calibration)
+    for population, figures in point.populations.items():
+        mask = populations == population
+        figures["calibrated_as"] = {name: float(np.mean(chosen[mask] == name)) for name in names}
+    return point
+
+
+def fit_discriminant(features: np.ndarray, names: Sequence[str]) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
+    """The group names, ``coef`` ``(P, C)`` and ``intercept`` ``(P,)`` of a shrunk linear discriminant of
+    ``features`` ``(M, C)`` by ``names``: an image's group is the argmax of ``features @ coef.T + intercept``."""
+    found = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(np.asarray(features, dtype=np.float64),
+                                                                             list(names))
+    coef, intercept = found.coef_, found.intercept_
+    if len(found.classes_) == 2:  # sklearn gives one row for two groups: the second's score against the first's 0
+        coef = np.vstack([np.zeros_like(coef[0]), coef[0]])
+        intercept = np.array([0.0, intercept[0]])
+    return tuple(str(c) for c in found.classes_), torch.from_numpy(coef), torch.from_numpy(intercept)
+
+
+def _operating_point(calibration: Calibration, probs: np.ndarray, hit: np.ndarray, populations: np.ndarray,
+                     sensitivity: float, by_population: PopulationCalibration | None = None) -> OperatingPoint:
     threshold = operating_threshold(probs, hit, populations, sensitivity)
-    figures = {
+    figures: dict[str, dict[str, Any]] = {
         str(name): {"n": int(mask.sum()), "n_positive": int(hit[mask].sum()),
                     "ece": expected_calibration_error(probs[mask], hit[mask]),
                     "sensitivity": float(np.mean(probs[mask & hit] >= threshold)),
                     "specificity": float(np.mean(probs[mask & ~hit] < threshold))}
         for name in dict.fromkeys(populations.tolist()) for mask in [populations == name]}
-    return OperatingPoint(calibration, threshold, figures)
+    return OperatingPoint(calibration, threshold, figures, by_population)

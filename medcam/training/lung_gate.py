@@ -116,7 +116,7 @@ def measure(model: ServedModel, samples: Sequence[Sample], *, batch_size: int = 
         output = model.forward(batch)  # classifier and segmenter, one call
         if output.lungs is None:
             raise ConfigError("fitting the lung gate needs a lung segmenter; it was served with --segmenter none")
-        probs = model.probabilities(output.logits)[:, positive].cpu().tolist()
+        probs = model.probabilities(output.logits, output.features)[:, positive].cpu().tolist()
         for sample, values, share, p in zip(chunk, view_measures(output.lungs, batch), model.lung_evidence(output),
                                             probs, strict=True):
             out.append(Measured(sample, values, share, p >= model.checkpoint.threshold))

@@ -10,10 +10,11 @@ figures); every other figure comes from the checkpoint or from a ``metrics.json`
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medcam.models.calibration import Calibration
 from medcam.models.checkpoint import Checkpoint
 from medcam.models.lungs import LungSegmenter
 
@@ -91,20 +92,43 @@ def _grid(ckpt: Checkpoint) -> str:
 
 def _calibration(ckpt: Checkpoint) -> str:
     """How the probabilities are calibrated, and on what."""
-    bias = ckpt.class_bias
-    if bias is None:
-        text = f"one temperature for all populations, T = {ckpt.temperature:.3f}"
-    else:
-        shifts = ", ".join(f"{name} {b:+.3f}" for name, b in zip(ckpt.model.classes, bias, strict=True))
-        text = (f"one map for all populations, p = softmax(logits / T + b) (Platt scaling), T = "
-                f"{ckpt.temperature:.3f}, b: {shifts}")
-    record = ckpt.metadata.get("calibration")
+    record = ckpt.metadata.get("calibration") or {}
+    replaced = record.get("replaced", {})
+    before = (f"; it replaced T = {float(replaced.get('temperature', 1)):.3f} and threshold "
+              f"{float(replaced.get('threshold', 0)):.3f}" if replaced else "")
+    populations = ckpt.population_calibration
+    if populations is not None:
+        held = record.get("groups", {})
+        maps = "; ".join(f"{name} ({', '.join(held.get(name, [name]))}): {_one_map(ckpt.model.classes, c)}"
+                         for name, c in zip(populations.populations, populations.calibrations, strict=True))
+        shares = "; ".join(
+            f"{population} {', '.join(f'{share:.1%} as {name}' for name, share in figures['calibrated_as'].items())}"
+            for population, figures in record.get("validation", {}).items() if "calibrated_as" in figures)
+        return (f"one map per group of populations, p = softmax(logits / T + b), the group chosen per image by a "
+                f"linear discriminant of its pooled features (fitted on the training split, "
+                f"{record.get('train', '?')}), not by its age tag: {maps}. Fitted on the validation split "
+                f"({record.get('n')} images, every population of a group weighing the same) after training, as "
+                f"served{before}. Validation images calibrated as each group: {shares}.")
+    text = f"one map for all populations, {_one_map(ckpt.model.classes, ckpt.calibration)}"
     if not record:
         return f"{text}, fitted on the validation split."
-    replaced = record.get("replaced", {})
     return (f"{text}, fitted on the validation split ({record.get('n')} images, every population weighing the same) "
-            f"after training, as served (float16 weights); it replaced T = {float(replaced.get('temperature', 1)):.3f}"
-            f" and threshold {float(replaced.get('threshold', 0)):.3f}.")
+            f"after training, as served (float16 weights){before}.")
+
+
+def _ood_groups(ood: Mapping[str, Any]) -> str:
+    groups = list(ood.get("groups", []))
+    if not groups:
+        return " (one mean per class)"
+    reference = " (frontal films the classifier was not trained on)" if "reference" in groups else ""
+    return f" ({len(groups)} means: {', '.join(groups)}{reference})"
+
+
+def _one_map(classes: Sequence[str], calibration: Calibration) -> str:
+    if calibration.bias is None:
+        return f"temperature T = {calibration.temperature:.3f}"
+    shifts = ", ".join(f"{name} {b:+.3f}" for name, b in zip(classes, calibration.bias, strict=True))
+    return f"T = {calibration.temperature:.3f}, b: {shifts}"
 
 
 def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *, notes: str = "",
@@ -163,9 +187,10 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
             f"patients aged {ages} (the training data's range).",
             "- The intended-use gate refuses DICOM whose tags contradict this (an absent tag never refuses), "
             "and any image whose pooled features are far from the training images (Mahalanobis distance to the "
-            "class means, Ledoit-Wolf covariance, from the same forward pass)"
-            + (f": fitted on {ood.get('n_train')} training images, threshold {float(ood.get('threshold', 0)):.1f} "
-               f"= the {float(ood.get('quantile', 0.99)):.0%} quantile of {ood.get('n_val')} validation images."
+            "nearest group mean, Ledoit-Wolf covariance, from the same forward pass)"
+            + (f": fitted on {ood.get('n_train')} images{_ood_groups(ood)}, threshold "
+               f"{float(ood.get('threshold', 0)):.1f} = the highest {float(ood.get('quantile', 0.99)):.1%} quantile "
+               f"of any population's validation images ({ood.get('n_val')} in all)."
                if ood else "; this checkpoint has no image-gate statistics."),
         ]
     else:

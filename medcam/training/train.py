@@ -52,16 +52,16 @@ from medcam.commands.gate import fit_ood_on
 from medcam.config import Config, ModelConfig, TrainConfig, load_config
 from medcam.errors import ConfigError
 from medcam.files import atomic_open
-from medcam.gate import IntendedUse, collect_features, write_intended_use, write_ood
+from medcam.gate import FeatureSet, IntendedUse, collect_features, write_intended_use, write_ood
 from medcam.gate.served import ServedModel
 from medcam.io import load_image
 from medcam.models.cam import CAMOutput, convert_to_cam
-from medcam.models.checkpoint import load_checkpoint, resave_checkpoint, save_checkpoint
+from medcam.models.checkpoint import POPULATION_KEY, load_checkpoint, resave_checkpoint, save_checkpoint
 from medcam.models.grid import GridTransform
 from medcam.models.lungs import LungSegmenter, cell_fractions, load_segmenter
 from medcam.models.networks import build_network
 from medcam.models.preprocess import resize, standardise
-from medcam.training.calibration import Calibration, fit_operating_point
+from medcam.training.calibration import Calibration, fit_operating_point, fit_population_operating_point
 from medcam.training.data import Sample, data_hash, pixel_duplicates, read_samples, split_by_patient, write_samples
 from medcam.training.localisation import Box, boxes_for, read_boxes
 
@@ -516,7 +516,8 @@ def _describe(calibration: Calibration) -> str:
 
 
 def recalibrate(model: str | Path, data: str | Path, *, out: str | Path, sensitivity: float | None = None,
-                bias: bool = True, batch_size: int = 16, log: Any = print) -> str:
+                bias: bool = True, batch_size: int = 16, groups: Mapping[str, Sequence[str]] | None = None,
+                train: str | Path | None = None, log: Any = print) -> str:
     """Refit a checkpoint's calibration and operating threshold on labelled validation data.
 
     As :func:`train` does at its end (:func:`~medcam.training.calibration.fit_operating_point`), but on
@@ -525,40 +526,77 @@ def recalibrate(model: str | Path, data: str | Path, *, out: str | Path, sensiti
     data, the map and threshold replaced, and the per-population figures. Returns the model id
     of the checkpoint written to ``out``.
 
+    With ``groups``, one map per group of populations, chosen per image by a linear
+    discriminant of its pooled features fitted on the ``train`` images
+    (:func:`~medcam.training.calibration.fit_population_operating_point`); without, one map for
+    every image (and a population calibration the checkpoint had is dropped).
+
     Args:
         model: the checkpoint, or ``"bundled"``.
         data: labelled images (CSV with a ``population`` column, as ``medcam train`` writes
             its ``val.csv``); never the test split.
         sensitivity: reached in every population; by default the training config's.
         bias: Platt scaling (temperature and class bias); False fits a temperature alone.
+        groups: group name -> its populations, e.g. ``{"adult": ["adult", "rsna"], "pediatric": ["pediatric"]}``.
+        train: the training images (CSV with a ``population`` column) the discriminant is fitted on;
+            needed with ``groups``.
 
     Raises:
-        ValueError: no ``sensitivity`` is given and the checkpoint's config names none.
+        ValueError: no ``sensitivity`` is given and the checkpoint's config names none; ``groups``
+            without ``train``, or groups that do not hold every population once.
     """
+    if groups is not None and train is None:
+        raise ValueError("a calibration per population needs the training images (train=) for its discriminant")
     classifier = ServedModel(str(model))
     ckpt = classifier.checkpoint
     if sensitivity is None:
         sensitivity = ckpt.metadata.get("config", {}).get("train", {}).get("target_sensitivity")
         if sensitivity is None:
             raise ValueError(f"{ckpt.path}: its metadata names no target sensitivity; give sensitivity=")
-    samples = read_samples(data, ckpt.model.classes)
-    found = collect_features(classifier, [s.path for s in samples], batch_size=batch_size)
-    for path, reason in found.failures:
-        log(f"{path}: left out of the calibration ({reason})")
-    kept = [samples[i] for i in found.kept]
+    kept, found = _features_of(classifier, data, "the calibration", batch_size, log)
     assert found.logits is not None
     positive = ckpt.model.classes.index(ckpt.model.positive_class)
-    point = fit_operating_point(found.logits.double().numpy(), np.array([s.label for s in kept]),
-                                np.array([s.population or "all" for s in kept]), positive, sensitivity, bias=bias)
+    logits, labels = found.logits.double().numpy(), np.array([s.label for s in kept])
+    populations = np.array([s.population or "all" for s in kept])
+    point = fit_operating_point(logits, labels, populations, positive, sensitivity, bias=bias)
+    updates: dict[str, Any] = {POPULATION_KEY: None}
+    record: dict[str, Any] = {"data": str(data), "sha256": data_hash(kept), "n": len(kept),
+                              "populations_weighted_equally": True, "target_sensitivity": float(sensitivity)}
+    if groups is not None:
+        assert train is not None
+        fitted, reference = _features_of(classifier, train, "the population discriminant", batch_size, log)
+        point = fit_population_operating_point(
+            logits, labels, populations, found.features.double().numpy(), positive, sensitivity, groups=groups,
+            train_features=reference.features.double().numpy(),
+            train_populations=np.array([s.population or "all" for s in fitted]), bias=bias)
+        assert point.population_calibration is not None
+        by_population = point.population_calibration
+        updates = {POPULATION_KEY: by_population.to_metadata()}
+        record |= {"groups": {name: list(held) for name, held in groups.items()}, "train": str(train),
+                   "train_sha256": data_hash(fitted)}
+        for name, calibration in zip(by_population.populations, by_population.calibrations, strict=True):
+            log(f"calibration for {name}: {_describe(calibration)}")
     for name, figures in point.populations.items():
+        shares = "".join(f", {v:.1%} calibrated as {k}" for k, v in figures.get("calibrated_as", {}).items())
         log(f"{name}: n={figures['n']}, ECE {figures['ece']:.3f}, sensitivity {figures['sensitivity']:.3f}, "
-            f"specificity {figures['specificity']:.3f}")
-    record = {"data": str(data), "sha256": data_hash(kept), "n": len(kept), "populations_weighted_equally": True,
-              "target_sensitivity": float(sensitivity), "validation": point.populations,
-              "replaced": {"model_id": ckpt.model_id, "temperature": ckpt.temperature,
-                           "class_bias": ckpt.class_bias, "threshold": ckpt.threshold}}
-    model_id = resave_checkpoint(model, out=out, updates={"calibration": record}, calibration=point.calibration,
-                                 threshold=point.threshold)
-    log(f"{_describe(point.calibration)}, threshold {point.threshold:.4f} (sensitivity >= {sensitivity} in every "
-        f"population); {out} = {model_id}")
+            f"specificity {figures['specificity']:.3f}{shares}")
+    record |= {"validation": point.populations,
+               "replaced": {"model_id": ckpt.model_id, "temperature": ckpt.temperature,
+                            "class_bias": ckpt.class_bias, "threshold": ckpt.threshold,
+                            "population_calibration": ckpt.population_calibration is not None}}
+    model_id = resave_checkpoint(model, out=out, updates={"calibration": record, **updates},
+                                 calibration=point.calibration, threshold=point.threshold)
+    what = "one map per group of populations" if groups is not None else _describe(point.calibration)
+    log(f"{what}, threshold {point.threshold:.4f} (sensitivity >= {sensitivity} in every population); "
+        f"{out} = {model_id}")
     return model_id
+
+
+def _features_of(classifier: ServedModel, data: str | Path, use: str, batch_size: int,
+                 log: Any) -> tuple[list[Sample], FeatureSet]:
+    """The labelled samples of ``data`` that could be read, and their features and logits."""
+    samples = read_samples(data, classifier.checkpoint.model.classes)
+    found = collect_features(classifier, [s.path for s in samples], batch_size=batch_size)
+    for path, reason in found.failures:
+        log(f"{path}: left out of {use} ({reason})")
+    return [samples[i] for i in found.kept], found
