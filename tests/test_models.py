@@ -405,8 +405,8 @@ def test_checkpoint_refuses_a_newer_format_and_a_malformed_bias(tmp_path: Path, 
     path = tmp_path / "model.pt"
     save_checkpoint(path, densenet2d, MODEL, PREPROCESS, class_bias=(0.0, 0.2))
     payload = torch.load(path, weights_only=True)
-    torch.save({**payload, "format_version": 4}, tmp_path / "newer.pt")
-    with pytest.raises(CheckpointError, match="format version 4 is newer"):
+    torch.save({**payload, "format_version": 5}, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match="format version 5 is newer"):
         load_checkpoint(tmp_path / "newer.pt")
     payload["metadata"]["class_bias"] = [0.0, 0.2, 0.4]
     torch.save(payload, tmp_path / "three.pt")

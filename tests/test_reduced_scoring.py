@@ -47,12 +47,13 @@ def test_reduced_decode_keeps_the_probability_flag_and_map(bundled: ServedModel,
     reduced = load_image(path, min_size=preprocess.size)
     (x_full, t_full), (x_reduced, t_reduced) = prepare(full, preprocess), prepare(reduced, preprocess)
     output = bundled.forward(torch.stack([x_full, x_reduced]))
-    p_full, p_reduced = bundled.probabilities(output.logits)[:, 1].tolist()
+    p_full, p_reduced = bundled.probabilities(output.logits, output.features)[:, 1].tolist()
     assert abs(p_full - p_reduced) <= PROBABILITY_BUDGET, (path.name, reduced.reduction, p_full, p_reduced)
     threshold = bundled.checkpoint.threshold
     assert (p_full >= threshold) == (p_reduced >= threshold)
     transforms = [t_full, t_reduced.from_full_resolution(full.shape, reduced.reduction)]
-    maps = [bundled.predictions([full], [t], CAMOutput(output.logits[i:i + 1], output.maps[i:i + 1]))[0].maps
+    maps = [bundled.predictions([full], [t], CAMOutput(output.logits[i:i + 1], output.maps[i:i + 1],
+                                                       output.features[i:i + 1]))[0].maps
             for i, t in enumerate(transforms)]
     assert maps[0].shape == maps[1].shape == (2, *full.shape)
     heat = normalise_maps(torch.stack(maps))[:, 1]

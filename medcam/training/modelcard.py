@@ -120,8 +120,8 @@ def _ood_groups(ood: Mapping[str, Any]) -> str:
     groups = list(ood.get("groups", []))
     if not groups:
         return " (one mean per class)"
-    reference = " (frontal films the classifier was not trained on)" if "reference" in groups else ""
-    return f" ({len(groups)} means: {', '.join(groups)}{reference})"
+    named = [f"{g} (frontal films the classifier was not trained on)" if g == "reference" else g for g in groups]
+    return f" ({len(groups)} means: {', '.join(named)})"
 
 
 def _one_map(classes: Sequence[str], calibration: Calibration) -> str:
