@@ -162,7 +162,9 @@ def test_results_wait_in_the_outbox_while_the_archive_is_down(tiny_checkpoint: P
         node.sender.first_delay = 0.2
         assert send(images, node.options.receive.port) == [0, 0]
         deadline = time.monotonic() + 60
-        while len(node.spool.waiting()) < 2 and time.monotonic() < deadline:
+        # the results reach the outbox a moment before their instance leaves the incoming folder
+        while ((len(node.spool.waiting()) < 2 or list(node.spool.incoming.iterdir()))
+               and time.monotonic() < deadline):
             time.sleep(0.1)
         assert len(node.spool.waiting()) == 2 and not list(node.spool.incoming.iterdir())
         time.sleep(1.0)
