@@ -412,6 +412,18 @@ def test_checkpoint_refuses_a_newer_format_and_a_malformed_bias(tmp_path: Path, 
     torch.save(payload, tmp_path / "three.pt")
     with pytest.raises(CheckpointError, match="class_bias has 3 values for 2 classes"):
         load_checkpoint(tmp_path / "three.pt")
+    payload["metadata"]["class_bias"] = [0.0, 0.2]
+    populations = {"version": 1, "populations": ["a", "b"], "temperature": [1.0, 2.0],
+                   "class_bias": [[0.0, 0.1], [0.0, 0.2, 0.3]], "coef": torch.zeros(2, 1024),
+                   "intercept": torch.zeros(2)}
+    torch.save({**payload, "metadata": {**payload["metadata"], "population_calibration": populations}},
+               tmp_path / "populations.pt")
+    with pytest.raises(CheckpointError, match="a population's class_bias has 3 values for 2 classes"):
+        load_checkpoint(tmp_path / "populations.pt")
+    populations["class_bias"] = [[0.0, 0.1], [0.0, 0.2]]
+    torch.save({**payload, "format_version": 4,
+                "metadata": {**payload["metadata"], "population_calibration": populations}}, tmp_path / "ok.pt")
+    assert load_checkpoint(tmp_path / "ok.pt").population_calibration is not None
 
 
 def test_output_stride_16_halves_the_cam_cells_with_the_same_weights(tmp_path: Path, densenet2d: nn.Module) -> None:

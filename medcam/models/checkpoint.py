@@ -183,6 +183,10 @@ def load_checkpoint(path: str | Path = BUNDLED_MODEL, *, device: str | torch.dev
             raise ValueError(f"class_bias has {len(calibration.bias)} values for {len(model.classes)} classes")
         populations = (None if meta.get(POPULATION_KEY) is None
                        else PopulationCalibration.from_metadata(meta[POPULATION_KEY]))
+        for each in populations.calibrations if populations is not None else ():
+            if each.bias is not None and len(each.bias) != len(model.classes):
+                raise ValueError(f"a population's class_bias has {len(each.bias)} values for {len(model.classes)} "
+                                 "classes")
     except (KeyError, TypeError, ValueError, ConfigError) as err:
         raise CheckpointError(f"{file}: metadata is incomplete or invalid ({err})") from err
     network = build_network(model)
