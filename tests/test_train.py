@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,17 +113,28 @@ def test_shipped_config_loads() -> None:
     assert config.data.source.endswith("labels.csv")
 
 
-def _two_populations(toy_csv: Path, tmp_path: Path) -> Config:
-    """The toy set as two populations; the second has a view column confounded with the label."""
-    second = tmp_path / "second.csv"
+def _second_population(toy_csv: Path, second: Path, columns: Sequence[str],
+                       row_of: Callable[[int, dict[str, str]], list[str]]) -> Path:
+    """A second population of the toy set's patients ("b" + id): ``row_of(i, row)`` gives each
+    row's file and its ``columns``."""
     with open(toy_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     with open(second, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "label", "patient_id", "view"])
+        writer.writerow(["file", "label", "patient_id", *columns])
         for i, row in enumerate(rows):
-            view = "PA" if (row["label"] == "1") == (i % 5 != 0) else "AP"  # 80% confounded
-            writer.writerow([str(toy_csv.parent / row["file"]), row["label"], "b" + row["patient_id"], view])
+            file, *extra = row_of(i, row)
+            writer.writerow([file, row["label"], "b" + row["patient_id"], *extra])
+    return second
+
+
+def _two_populations(toy_csv: Path, tmp_path: Path) -> Config:
+    """The toy set as two populations; the second has a view column confounded with the label."""
+    def same_file(i: int, row: dict[str, str]) -> list[str]:
+        view = "PA" if (row["label"] == "1") == (i % 5 != 0) else "AP"  # 80% confounded
+        return [str(toy_csv.parent / row["file"]), view]
+
+    second = _second_population(toy_csv, tmp_path / "second.csv", ["view"], same_file)
     raw = {
         "preprocess": {"size": 64},
         "data": {"sources": [{"name": "children", "source": str(toy_csv), "weight": 1.0},
@@ -196,17 +208,13 @@ def test_recalibrate_refits_map_and_threshold_on_validation_and_keeps_the_weight
 
 def _inverted_population(toy_csv: Path, tmp_path: Path) -> Config:
     """The toy set as children and, inverted with a dark band, as adults: two populations that look apart."""
-    second = tmp_path / "inverted.csv"
-    with open(toy_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    with open(second, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "label", "patient_id"])
-        for row in rows:
-            pixels = 255 - np.asarray(PILImage.open(toy_csv.parent / row["file"]))
-            pixels[:, :24] = 0  # and a dark band down one side
-            PILImage.fromarray(pixels.astype(np.uint8)).save(tmp_path / f"inv_{row['file']}")
-            writer.writerow([str(tmp_path / f"inv_{row['file']}"), row["label"], "b" + row["patient_id"]])
+    def inverted(i: int, row: dict[str, str]) -> list[str]:
+        pixels = 255 - np.asarray(PILImage.open(toy_csv.parent / row["file"]))
+        pixels[:, :24] = 0  # and a dark band down one side
+        PILImage.fromarray(pixels.astype(np.uint8)).save(tmp_path / f"inv_{row['file']}")
+        return [str(tmp_path / f"inv_{row['file']}")]
+
+    second = _second_population(toy_csv, tmp_path / "inverted.csv", [], inverted)
     raw = {"preprocess": {"size": 64},
            "data": {"sources": [{"name": "children", "source": str(toy_csv)},
                                 {"name": "adults", "source": str(second)}],

@@ -11,6 +11,7 @@ import torch
 
 from medcam.errors import ConfigError
 from medcam.gate import (
+    FeatureSet,
     IntendedUse,
     OODStats,
     collect_features,
@@ -21,9 +22,9 @@ from medcam.gate import (
 )
 from medcam.gate.served import ServedModel
 from medcam.models.checkpoint import load_checkpoint
-from medcam.training.data import read_samples
+from medcam.training.data import Sample, read_samples
 
-__all__ = ["fit_ood_command", "fit_ood_on", "intended_use_command"]
+__all__ = ["fit_ood_command", "fit_ood_on", "intended_use_command", "labelled_features"]
 
 
 def fit_ood_on(classifier: ServedModel, train: str | Path, val: str | Path, *, batch_size: int = 16,
@@ -37,32 +38,45 @@ def fit_ood_on(classifier: ServedModel, train: str | Path, val: str | Path, *, b
     with one covariance shared by all.
     """
     classes = classifier.classes
-    samples = {name: read_samples(source, classes) for name, source in (("train", train), ("validation", val))}
-    paths = {name: [s.path for s in part] for name, part in samples.items()}
-    if reference is not None:
-        paths["reference"] = _listed_files(reference)
-    sets = {name: collect_features(classifier, part, batch_size=batch_size) for name, part in paths.items()}
-    for name, found in sets.items():
-        for path, why in found.failures:
-            log(f"{name}: left out {path}: {why}")
-        if not found.kept:
-            raise ConfigError(f"no readable {name} images in {dict(train=train, validation=val).get(name, reference)}")
-    kept = [samples["train"][i] for i in sets["train"].kept]
+    kept, found = labelled_features(classifier, train, "the training statistics", batch_size=batch_size, log=log)
+    validation, held_out = labelled_features(classifier, val, "the threshold", batch_size=batch_size, log=log)
     names = [f"{s.population}/{classes[s.label]}" if s.population else classes[s.label] for s in kept]
-    features = sets["train"].features
-    if "reference" in sets:
-        names += ["reference"] * len(sets["reference"].kept)
-        features = torch.cat([features, sets["reference"].features])
+    features = found.features
+    if reference is not None:
+        extra = collect_features(classifier, _listed_files(reference), batch_size=batch_size)
+        for path, why in extra.failures:
+            log(f"{path}: left out of the reference films ({why})")
+        if not extra.kept:
+            raise ConfigError(f"no readable reference films in {reference}")
+        names += ["reference"] * len(extra.kept)
+        features = torch.cat([features, extra.features])
     groups = sorted(set(names))
     labels = torch.tensor([groups.index(n) for n in names])
-    populations = [samples["validation"][i].population for i in sets["validation"].kept]
-    stats = fit_ood(features, labels, sets["validation"].features, quantile=quantile,
+    populations = [s.population for s in validation]
+    stats = fit_ood(features, labels, held_out.features, quantile=quantile,
                     groups_val=populations if len(set(populations)) > 1 else None)
     stats = dataclasses.replace(stats, groups=tuple(groups))
     log(f"fitted on {stats.n_train} images ({len(groups)} means: {', '.join(groups)}); threshold "
         f"{stats.threshold:.2f} lets through at least {quantile:.1%} of the {stats.n_val} validation images of "
         f"every population")
     return stats
+
+
+def labelled_features(classifier: ServedModel, source: str | Path, use: str, *, batch_size: int = 16,
+                      log: Any = print) -> tuple[list[Sample], FeatureSet]:
+    """The labelled samples of ``source`` (CSV or class folders) that could be read, with their
+    pooled features and logits; each file left out is logged with its reason.
+
+    Raises:
+        ConfigError: no file of ``source`` could be read.
+    """
+    samples = read_samples(source, classifier.classes)
+    found = collect_features(classifier, [s.path for s in samples], batch_size=batch_size)
+    for path, why in found.failures:
+        log(f"{path}: left out of {use} ({why})")
+    if not found.kept:
+        raise ConfigError(f"no readable images for {use} in {source}")
+    return [samples[i] for i in found.kept], found
 
 
 def _listed_files(source: str | Path) -> list[str]:

@@ -112,9 +112,20 @@ class PopulationCalibration:
         return [self.calibrations[i] for i in self.population_index(features).tolist()]
 
     def __call__(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Calibrated probabilities ``(B, K)`` of logits ``(B, K)``, each row by its population's map."""
-        rows = [c(logits[i:i + 1]) for i, c in enumerate(self.select(features))]
-        return torch.cat(rows) if rows else torch.softmax(logits, dim=-1)
+        """Calibrated probabilities ``(B, K)`` of logits ``(B, K)``, each row by its population's map.
+
+        Raises:
+            ValueError: a map's bias does not have one value per class.
+        """
+        index = self.population_index(features).to(logits.device)
+        k = logits.shape[-1]
+        if any(c.bias is not None and len(c.bias) != k for c in self.calibrations):
+            raise ValueError(f"a population's bias does not have one value per class of the logits ({k})")
+        temperature = torch.tensor([c.temperature for c in self.calibrations], dtype=logits.dtype,
+                                   device=logits.device)
+        bias = torch.tensor([c.bias if c.bias is not None else (0.0,) * k for c in self.calibrations],
+                            dtype=logits.dtype, device=logits.device)
+        return torch.softmax(logits / temperature[index, None] + bias[index], dim=-1)
 
     def to_metadata(self) -> dict[str, Any]:
         """Lists, numbers and tensors for checkpoint metadata (``weights_only=True`` loadable)."""

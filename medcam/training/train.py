@@ -48,11 +48,11 @@ from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
 import medcam
-from medcam.commands.gate import fit_ood_on
+from medcam.commands.gate import fit_ood_on, labelled_features
 from medcam.config import Config, ModelConfig, TrainConfig, load_config
 from medcam.errors import ConfigError
 from medcam.files import atomic_open
-from medcam.gate import FeatureSet, IntendedUse, collect_features, write_intended_use, write_ood
+from medcam.gate import IntendedUse, write_intended_use, write_ood
 from medcam.gate.served import ServedModel
 from medcam.io import load_image
 from medcam.models.cam import CAMOutput, convert_to_cam
@@ -553,7 +553,7 @@ def recalibrate(model: str | Path, data: str | Path, *, out: str | Path, sensiti
         sensitivity = ckpt.metadata.get("config", {}).get("train", {}).get("target_sensitivity")
         if sensitivity is None:
             raise ValueError(f"{ckpt.path}: its metadata names no target sensitivity; give sensitivity=")
-    kept, found = _features_of(classifier, data, "the calibration", batch_size, log)
+    kept, found = labelled_features(classifier, data, "the calibration", batch_size=batch_size, log=log)
     assert found.logits is not None
     positive = ckpt.model.classes.index(ckpt.model.positive_class)
     logits, labels = found.logits.double().numpy(), np.array([s.label for s in kept])
@@ -564,7 +564,8 @@ def recalibrate(model: str | Path, data: str | Path, *, out: str | Path, sensiti
                               "populations_weighted_equally": True, "target_sensitivity": float(sensitivity)}
     if groups is not None:
         assert train is not None
-        fitted, reference = _features_of(classifier, train, "the population discriminant", batch_size, log)
+        fitted, reference = labelled_features(classifier, train, "the population discriminant", batch_size=batch_size,
+                                              log=log)
         point = fit_population_operating_point(
             logits, labels, populations, found.features.double().numpy(), positive, sensitivity, groups=groups,
             train_features=reference.features.double().numpy(),
@@ -591,12 +592,3 @@ def recalibrate(model: str | Path, data: str | Path, *, out: str | Path, sensiti
         f"{out} = {model_id}")
     return model_id
 
-
-def _features_of(classifier: ServedModel, data: str | Path, use: str, batch_size: int,
-                 log: Any) -> tuple[list[Sample], FeatureSet]:
-    """The labelled samples of ``data`` that could be read, and their features and logits."""
-    samples = read_samples(data, classifier.checkpoint.model.classes)
-    found = collect_features(classifier, [s.path for s in samples], batch_size=batch_size)
-    for path, reason in found.failures:
-        log(f"{path}: left out of {use} ({reason})")
-    return [samples[i] for i in found.kept], found
