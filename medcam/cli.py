@@ -166,7 +166,7 @@ def _recalibrate(args: argparse.Namespace) -> int:
                 groups[name.strip()] = [p.strip() for p in held.split(",") if p.strip()]
         model_id = recalibrate(args.model, args.data, out=args.out, sensitivity=args.sensitivity,
                                bias=not args.temperature_only, batch_size=args.batch_size, groups=groups,
-                               train=args.train)
+                               train=args.train, fit_on=args.fit_on)
     except ValueError as err:  # no target sensitivity known, or data that cannot fix a threshold
         raise MedcamError(str(err)) from err
     print(f"wrote {args.out} ({model_id})")
@@ -228,6 +228,14 @@ def _monitor(args: argparse.Namespace) -> int:
     result = monitor(options)
     print_result(result)
     return result.exit_status
+
+
+def _names(text: str) -> list[str]:
+    """A comma-separated list of names, as ``--fit-on pediatric,rsna`` gives it."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more names separated by commas")
+    return names
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -469,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--group adult=adult,rsna)")
     p.add_argument("--train", metavar="TRAIN.csv", help="the training images (with a population column) the "
                    "discriminant behind --group is fitted on")
+    p.add_argument("--fit-on", type=_names, metavar="POP[,POP...]",
+                   help="only these populations' labels fit the maps and the threshold; the others are calibrated "
+                   "and reported (e.g. --fit-on pediatric,rsna leaves out labels mined from reports)")
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_recalibrate)
 

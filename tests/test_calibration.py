@@ -87,6 +87,25 @@ def test_operating_point_reaches_the_sensitivity_in_every_population_and_keeps_t
     assert np.array_equal(flags[0], flags[1]), "a monotone map of the margin keeps the same cases flagged"
 
 
+def test_populations_left_out_of_the_fit_are_calibrated_and_reported_but_fit_nothing() -> None:
+    """Labels mined from reports can be kept out of the fit: scrambling them changes nothing fitted."""
+    a, a_labels = _cases(600, scale=0.5, shift=-0.8, seed=4)
+    b, b_labels = _cases(300, scale=1.0, shift=0.5, seed=5)
+    logits = np.concatenate([a, b])
+    groups = np.array(["a"] * 600 + ["b"] * 300)
+    points = [fit_operating_point(logits, np.concatenate([a_labels, b]), groups, positive=1, sensitivity=0.9,
+                                  fit_on=["a"])
+              for b in (b_labels, np.random.default_rng(0).permutation(b_labels))]
+    assert points[0].calibration == points[1].calibration and points[0].threshold == points[1].threshold
+    assert points[0].populations["a"]["fitted"] and not points[0].populations["b"]["fitted"]
+    assert points[0].populations["b"]["n"] == 300, "a population left out is still reported"
+    assert points[0].populations["a"]["sensitivity"] >= 0.9
+    alone = fit_operating_point(a, a_labels, groups[:600], positive=1, sensitivity=0.9)
+    assert points[0].calibration == alone.calibration and points[0].threshold == alone.threshold
+    with pytest.raises(ValueError, match="c to fit on are not in the data"):
+        fit_operating_point(logits, np.concatenate([a_labels, b_labels]), groups, 1, 0.9, fit_on=["a", "c"])
+
+
 def test_population_calibration_gives_each_image_its_population_map() -> None:
     maps = (Calibration(0.5, (0.0, 1.0)), Calibration(3.0, (0.0, -0.5)))
     coef = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # the larger feature names the population
@@ -137,6 +156,20 @@ def test_a_map_per_population_calibrates_each_where_one_map_cannot() -> None:
         fit_population_operating_point(logits, labels, populations, features(populations), 1, 0.9,
                                        groups={"A": ["a"], "B": ["b1"]}, train_features=features(train_populations),
                                        train_populations=train_populations)
+    radiologists = fit_population_operating_point(
+        logits, labels, populations, features(populations), positive=1, sensitivity=0.9,
+        groups={"A": ["a"], "B": ["b1", "b2"]}, train_features=features(train_populations),
+        train_populations=train_populations, fit_on=["a", "b1"])
+    assert not radiologists.populations["b2"]["fitted"] and radiologists.populations["b2"]["calibrated_as"]["B"] > 0.97
+    b1 = populations == "b1"
+    alone = fit_operating_point(logits[b1], labels[b1], populations[b1], positive=1, sensitivity=0.9)
+    assert radiologists.population_calibration is not None
+    assert radiologists.population_calibration.calibrations[1] == alone.calibration, "B's map is b1's alone"
+    with pytest.raises(ValueError, match="no validation images of group 'B' to fit its map on"):
+        fit_population_operating_point(logits, labels, populations, features(populations), 1, 0.9,
+                                       groups={"A": ["a"], "B": ["b1", "b2"]},
+                                       train_features=features(train_populations),
+                                       train_populations=train_populations, fit_on=["a"])
     with pytest.raises(ValueError, match="in two groups"):
         fit_population_operating_point(logits, labels, populations, features(populations), 1, 0.9,
                                        groups={"A": ["a", "b1"], "B": ["b1", "b2"]},

@@ -281,6 +281,18 @@ def test_the_recalibrate_command(toy_csv: Path, tmp_path: Path, capsys: pytest.C
     assert main(["recalibrate", "--model", str(bare), "--data", val, "--out", str(tmp_path / "x.pt")]) == 1
     assert "no target sensitivity" in capsys.readouterr().err
 
+    children = tmp_path / "children.pt"  # the adults' labels left out of the fit: calibrated and reported
+    assert main(["recalibrate", "--model", str(out), "--data", val, "--out", str(children),
+                 "--fit-on", "children"]) == 0
+    assert "adults (reported, not fitted)" in capsys.readouterr().out
+    record = load_checkpoint(children).metadata["calibration"]
+    assert record["fitted_on"] == ["children"]
+    assert record["validation"]["children"]["fitted"] and not record["validation"]["adults"]["fitted"]
+    assert "the labels of adults were left out of the fit" in render_model_card(load_checkpoint(children), {}, notes="")
+    assert main(["recalibrate", "--model", str(out), "--data", val, "--out", str(tmp_path / "x.pt"),
+                 "--fit-on", "elderly"]) == 1
+    assert "elderly to fit on are not in the data" in capsys.readouterr().err
+
 
 def test_init_from_checks_the_model_id(toy_csv: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="init_model_id"):

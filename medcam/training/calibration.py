@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,8 +118,9 @@ class OperatingPoint:
         calibration: fitted with every population weighing the same.
         threshold: the one threshold for every population (:func:`operating_threshold`).
         populations: per population, ``ece``, ``sensitivity`` and ``specificity`` at the
-            threshold, ``n`` and ``n_positive``, on the data the fit saw; with a population
-            calibration also ``calibrated_as``, the share of its images given each map.
+            threshold, ``n``, ``n_positive`` and ``fitted`` (whether its labels took part in the
+            fit), on the data the fit saw; with a population calibration also ``calibrated_as``,
+            the share of its images given each map.
         population_calibration: one map per group of populations, chosen per image from its
             features, which then replaces :attr:`calibration` (the threshold and figures are
             of its probabilities); or None.
@@ -132,7 +133,8 @@ class OperatingPoint:
 
 
 def fit_operating_point(logits: np.ndarray, labels: np.ndarray, populations: np.ndarray, positive: int,
-                        sensitivity: float, *, bias: bool = True) -> OperatingPoint:
+                        sensitivity: float, *, bias: bool = True,
+                        fit_on: Collection[str] | None = None) -> OperatingPoint:
     """Calibrate ``logits`` (:func:`fit_calibration`, populations weighted equally) and choose the
     threshold reaching ``sensitivity`` in every population, on validation data.
 
@@ -140,17 +142,25 @@ def fit_operating_point(logits: np.ndarray, labels: np.ndarray, populations: np.
         logits: ``(N, K)`` raw logits; labels: ``(N,)`` class indices; populations: ``(N,)`` names.
         positive: the index of the class that is screened for.
         bias: Platt scaling; False fits a temperature alone.
+        fit_on: the populations whose labels fit the map and the threshold (by default all);
+            the others are only reported, e.g. a source whose labels were mined from reports.
+
+    Raises:
+        ValueError: ``fit_on`` names a population the data does not hold.
     """
-    labels, populations = np.asarray(labels), np.asarray(populations)
-    calibration = fit_calibration(logits, labels, populations, bias=bias)
-    probs = calibration(torch.as_tensor(np.asarray(logits), dtype=torch.float64))[:, positive].numpy()
-    return _operating_point(calibration, probs, labels == positive, populations, sensitivity)
+    labels, populations = np.asarray(labels), np.asarray(populations).astype(str)
+    fitted = _fitted(populations, fit_on)
+    logits = np.asarray(logits)
+    calibration = fit_calibration(logits[fitted], labels[fitted], populations[fitted], bias=bias)
+    probs = calibration(torch.as_tensor(logits, dtype=torch.float64))[:, positive].numpy()
+    return _operating_point(calibration, probs, labels == positive, populations, sensitivity, fitted)
 
 
 def fit_population_operating_point(logits: np.ndarray, labels: np.ndarray, populations: np.ndarray,
                                    features: np.ndarray, positive: int, sensitivity: float, *,
                                    groups: Mapping[str, Sequence[str]], train_features: np.ndarray,
-                                   train_populations: np.ndarray, bias: bool = True) -> OperatingPoint:
+                                   train_populations: np.ndarray, bias: bool = True,
+                                   fit_on: Collection[str] | None = None) -> OperatingPoint:
     """One calibration map per group of populations, the group told from the features; one threshold.
 
     A linear discriminant (sklearn's :class:`~sklearn.discriminant_analysis.LinearDiscriminantAnalysis`,
@@ -167,9 +177,12 @@ def fit_population_operating_point(logits: np.ndarray, labels: np.ndarray, popul
         groups: group name -> the populations it holds, e.g. ``{"adult": ["adult", "rsna"],
             "pediatric": ["pediatric"]}``; every population must be in one group.
         train_features, train_populations: ``(M, C)`` and ``(M,)`` of the training images.
+        fit_on: the populations whose labels fit the maps and the threshold (by default all); the
+            others still train the discriminant, take their group's map and are reported.
 
     Raises:
-        ValueError: a population is in no group or in two, or a group has no images.
+        ValueError: a population is in no group or in two, a group has no images to fit its map
+            on, or ``fit_on`` names a population the data does not hold.
     """
     member: dict[str, str] = {}
     for name, held in groups.items():
@@ -178,24 +191,26 @@ def fit_population_operating_point(logits: np.ndarray, labels: np.ndarray, popul
                 raise ValueError(f"population {population!r} is in two groups, {member[population]!r} and {name!r}")
             member[population] = name
     labels, populations = np.asarray(labels), np.asarray(populations).astype(str)
+    fitted = _fitted(populations, fit_on)
     train_populations = np.asarray(train_populations).astype(str)
     unknown = sorted((set(populations) | set(train_populations)) - set(member))
     if unknown:
         raise ValueError(f"population(s) {', '.join(unknown)} in no group of {dict(groups)}")
     names, coef, intercept = fit_discriminant(np.asarray(train_features), [member[p] for p in train_populations])
     in_group = np.array([member[p] for p in populations])
+    logits = np.asarray(logits)
     maps = []
     for name in names:
-        mask = in_group == name
+        mask = (in_group == name) & fitted
         if not mask.any():
-            raise ValueError(f"no validation images of group {name!r}")
-        maps.append(fit_calibration(np.asarray(logits)[mask], labels[mask], populations[mask], bias=bias))
+            raise ValueError(f"no validation images of group {name!r} to fit its map on")
+        maps.append(fit_calibration(logits[mask], labels[mask], populations[mask], bias=bias))
     calibration = PopulationCalibration(names, tuple(maps), coef, intercept)
     x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
     probs = calibration(torch.as_tensor(np.asarray(logits), dtype=torch.float64), x)[:, positive].numpy()
     chosen = np.array(names)[calibration.population_index(x).numpy()]
-    point = _operating_point(fit_calibration(logits, labels, populations, bias=bias), probs, labels == positive,
-                             populations, sensitivity, calibration)
+    plain = fit_calibration(logits[fitted], labels[fitted], populations[fitted], bias=bias)
+    point = _operating_point(plain, probs, labels == positive, populations, sensitivity, fitted, calibration)
     for population, figures in point.populations.items():
         mask = populations == population
         figures["calibrated_as"] = {name: float(np.mean(chosen[mask] == name)) for name in names}
@@ -214,11 +229,23 @@ def fit_discriminant(features: np.ndarray, names: Sequence[str]) -> tuple[tuple[
     return tuple(str(c) for c in found.classes_), torch.from_numpy(coef), torch.from_numpy(intercept)
 
 
+def _fitted(populations: np.ndarray, fit_on: Collection[str] | None) -> np.ndarray:
+    """Which images' labels take part in a fit: those of the ``fit_on`` populations, or all."""
+    if fit_on is None:
+        return np.ones(len(populations), dtype=bool)
+    missing = sorted(set(fit_on) - set(populations.tolist()))
+    if missing:
+        raise ValueError(f"population(s) {', '.join(missing)} to fit on are not in the data "
+                         f"({', '.join(sorted(set(populations.tolist())))})")
+    return np.isin(populations, list(fit_on))
+
+
 def _operating_point(calibration: Calibration, probs: np.ndarray, hit: np.ndarray, populations: np.ndarray,
-                     sensitivity: float, by_population: PopulationCalibration | None = None) -> OperatingPoint:
-    threshold = operating_threshold(probs, hit, populations, sensitivity)
+                     sensitivity: float, fitted: np.ndarray,
+                     by_population: PopulationCalibration | None = None) -> OperatingPoint:
+    threshold = operating_threshold(probs[fitted], hit[fitted], populations[fitted], sensitivity)
     figures: dict[str, dict[str, Any]] = {
-        str(name): {"n": int(mask.sum()), "n_positive": int(hit[mask].sum()),
+        str(name): {"n": int(mask.sum()), "n_positive": int(hit[mask].sum()), "fitted": bool(fitted[mask].any()),
                     "ece": expected_calibration_error(probs[mask], hit[mask]),
                     "sensitivity": float(np.mean(probs[mask & hit] >= threshold)),
                     "specificity": float(np.mean(probs[mask & ~hit] < threshold))}

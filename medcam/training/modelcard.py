@@ -96,6 +96,11 @@ def _calibration(ckpt: Checkpoint) -> str:
     replaced = record.get("replaced", {})
     before = (f"; it replaced T = {float(replaced.get('temperature', 1)):.3f} and threshold "
               f"{float(replaced.get('threshold', 0)):.3f}" if replaced else "")
+    validation = record.get("validation", {})
+    left_out = [population for population, figures in validation.items() if not figures.get("fitted", True)]
+    fitted = (f"; the labels of {', '.join(left_out)} were left out of the fit (calibrated and reported only) and the "
+              f"threshold reaches the target sensitivity in {', '.join(record.get('fitted_on', []))}"
+              if left_out else "")
     populations = ckpt.population_calibration
     if populations is not None:
         held = record.get("groups", {})
@@ -108,12 +113,12 @@ def _calibration(ckpt: Checkpoint) -> str:
                 f"linear discriminant of its pooled features (fitted on the training split, "
                 f"{record.get('train', '?')}), not by its age tag: {maps}. Fitted on the validation split "
                 f"({record.get('n')} images, every population of a group weighing the same) after training, as "
-                f"served{before}. Validation images calibrated as each group: {shares}.")
+                f"served{before}{fitted}. Validation images calibrated as each group: {shares}.")
     text = f"one map for all populations, {_one_map(ckpt.model.classes, ckpt.calibration)}"
     if not record:
         return f"{text}, fitted on the validation split."
     return (f"{text}, fitted on the validation split ({record.get('n')} images, every population weighing the same) "
-            f"after training, as served (float16 weights){before}.")
+            f"after training, as served (float16 weights){before}{fitted}.")
 
 
 def _ood_groups(ood: Mapping[str, Any]) -> str:

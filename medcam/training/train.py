@@ -517,7 +517,7 @@ def _describe(calibration: Calibration) -> str:
 
 def recalibrate(model: str | Path, data: str | Path, *, out: str | Path, sensitivity: float | None = None,
                 bias: bool = True, batch_size: int = 16, groups: Mapping[str, Sequence[str]] | None = None,
-                train: str | Path | None = None, log: Any = print) -> str:
+                train: str | Path | None = None, fit_on: Sequence[str] | None = None, log: Any = print) -> str:
     """Refit a checkpoint's calibration and operating threshold on labelled validation data.
 
     As :func:`train` does at its end (:func:`~medcam.training.calibration.fit_operating_point`), but on
@@ -540,10 +540,14 @@ def recalibrate(model: str | Path, data: str | Path, *, out: str | Path, sensiti
         groups: group name -> its populations, e.g. ``{"adult": ["adult", "rsna"], "pediatric": ["pediatric"]}``.
         train: the training images (CSV with a ``population`` column) the discriminant is fitted on;
             needed with ``groups``.
+        fit_on: the populations whose labels fit the maps and the threshold (by default all); the
+            others are calibrated and reported, e.g. ``["pediatric", "rsna"]`` to leave the NIH
+            adults' report-mined labels out of the fit.
 
     Raises:
         ValueError: no ``sensitivity`` is given and the checkpoint's config names none; ``groups``
-            without ``train``, or groups that do not hold every population once.
+            without ``train``, or groups that do not hold every population once; ``fit_on``
+            names a population the data lacks, or leaves a group nothing to fit on.
     """
     if groups is not None and train is None:
         raise ValueError("a calibration per population needs the training images (train=) for its discriminant")
@@ -558,10 +562,11 @@ def recalibrate(model: str | Path, data: str | Path, *, out: str | Path, sensiti
     positive = ckpt.model.classes.index(ckpt.model.positive_class)
     logits, labels = found.logits.double().numpy(), np.array([s.label for s in kept])
     populations = np.array([s.population or "all" for s in kept])
-    point = fit_operating_point(logits, labels, populations, positive, sensitivity, bias=bias)
+    point = fit_operating_point(logits, labels, populations, positive, sensitivity, bias=bias, fit_on=fit_on)
     updates: dict[str, Any] = {POPULATION_KEY: None}
     record: dict[str, Any] = {"data": str(data), "sha256": data_hash(kept), "n": len(kept),
-                              "populations_weighted_equally": True, "target_sensitivity": float(sensitivity)}
+                              "populations_weighted_equally": True, "target_sensitivity": float(sensitivity),
+                              "fitted_on": sorted(fit_on) if fit_on is not None else sorted(set(populations))}
     if groups is not None:
         assert train is not None
         fitted, reference = labelled_features(classifier, train, "the population discriminant", batch_size=batch_size,
@@ -569,7 +574,7 @@ def recalibrate(model: str | Path, data: str | Path, *, out: str | Path, sensiti
         point = fit_population_operating_point(
             logits, labels, populations, found.features.double().numpy(), positive, sensitivity, groups=groups,
             train_features=reference.features.double().numpy(),
-            train_populations=np.array([s.population or "all" for s in fitted]), bias=bias)
+            train_populations=np.array([s.population or "all" for s in fitted]), bias=bias, fit_on=fit_on)
         assert point.population_calibration is not None
         by_population = point.population_calibration
         updates = {POPULATION_KEY: by_population.to_metadata()}
@@ -579,7 +584,8 @@ def recalibrate(model: str | Path, data: str | Path, *, out: str | Path, sensiti
             log(f"calibration for {name}: {_describe(calibration)}")
     for name, figures in point.populations.items():
         shares = "".join(f", {v:.1%} calibrated as {k}" for k, v in figures.get("calibrated_as", {}).items())
-        log(f"{name}: n={figures['n']}, ECE {figures['ece']:.3f}, sensitivity {figures['sensitivity']:.3f}, "
+        role = "" if figures["fitted"] else " (reported, not fitted)"
+        log(f"{name}{role}: n={figures['n']}, ECE {figures['ece']:.3f}, sensitivity {figures['sensitivity']:.3f}, "
             f"specificity {figures['specificity']:.3f}{shares}")
     record |= {"validation": point.populations,
                "replaced": {"model_id": ckpt.model_id, "temperature": ckpt.temperature,
@@ -588,7 +594,7 @@ def recalibrate(model: str | Path, data: str | Path, *, out: str | Path, sensiti
     model_id = resave_checkpoint(model, out=out, updates={"calibration": record, **updates},
                                  calibration=point.calibration, threshold=point.threshold)
     what = "one map per group of populations" if groups is not None else _describe(point.calibration)
-    log(f"{what}, threshold {point.threshold:.4f} (sensitivity >= {sensitivity} in every population); "
-        f"{out} = {model_id}")
+    where = "every population" if fit_on is None else ", ".join(sorted(fit_on))
+    log(f"{what}, threshold {point.threshold:.4f} (sensitivity >= {sensitivity} in {where}); {out} = {model_id}")
     return model_id
 
