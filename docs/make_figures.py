@@ -2,8 +2,8 @@
 
     python docs/make_figures.py --split runs/pneumonia/test.csv
 
-Writes ``docs/overlay_sample.png`` (the bundled model on the sample NIH pneumonia film,
-sample_data/adult_pneumonia_nih_00000910_001.dcm) and, per population of the split (its
+Writes ``docs/overlay_sample.png`` (the bundled model on the sample pneumonia film of a child,
+sample_data/child_pneumonia_kermany_person1001_bacteria_2932.dcm) and, per population of the split (its
 ``population`` column), ``docs/cam_grid_<population>.png`` (pneumonia maps on the first 8
 pneumonia and 8 negative images of the split, in its order; with ``--boxes``, the reference
 boxes drawn in green and the map's peak as a red cross), and prints, over each population, the
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SOURCES = {"pediatric": "(Kermany et al. 2018, CC BY 4.0)", "adult": "(NIH ChestX-ray14, NIH Clinical Center)",
            "rsna": "(RSNA Pneumonia Challenge; boxes: radiologists')"}
-SAMPLE = ROOT / "sample_data" / "adult_pneumonia_nih_00000910_001.dcm"
+SAMPLE = ROOT / "sample_data" / "child_pneumonia_kermany_person1001_bacteria_2932.dcm"
 
 
 def _heat(prediction: object, classifier: Classifier) -> np.ndarray:

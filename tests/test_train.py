@@ -288,7 +288,9 @@ def test_the_recalibrate_command(toy_csv: Path, tmp_path: Path, capsys: pytest.C
     record = load_checkpoint(children).metadata["calibration"]
     assert record["fitted_on"] == ["children"]
     assert record["validation"]["children"]["fitted"] and not record["validation"]["adults"]["fitted"]
-    assert "the labels of adults were left out of the fit" in render_model_card(load_checkpoint(children), {}, notes="")
+    card = render_model_card(load_checkpoint(children), {}, notes="")
+    assert "the labels of adults were left out of the fit" in card
+    assert "sensitivity >= 0.9 in the validation splits of children (not adults)" in card
     assert main(["recalibrate", "--model", str(out), "--data", val, "--out", str(tmp_path / "x.pt"),
                  "--fit-on", "elderly"]) == 1
     assert "elderly to fit on are not in the data" in capsys.readouterr().err

@@ -90,6 +90,15 @@ def _grid(ckpt: Checkpoint) -> str:
     return f"{cells}x{cells}"
 
 
+def _threshold_populations(ckpt: Checkpoint) -> str:
+    """Whose validation split the threshold reaches its sensitivity in."""
+    validation = (ckpt.metadata.get("calibration") or {}).get("validation", {})
+    fitted = [name for name, figures in validation.items() if figures.get("fitted", True)]
+    if len(fitted) == len(validation):
+        return "every population's validation split"
+    return f"the validation splits of {', '.join(fitted)} (not {', '.join(n for n in validation if n not in fitted)})"
+
+
 def _calibration(ckpt: Checkpoint) -> str:
     """How the probabilities are calibrated, and on what."""
     record = ckpt.metadata.get("calibration") or {}
@@ -177,7 +186,7 @@ def render_model_card(ckpt: Checkpoint, evaluations: Mapping[str, str | Path], *
            "convolutions dilated by 2)" if ckpt.model.output_stride != 32 else "") + ".",
         f"- Calibration: {_calibration(ckpt)}",
         f"- Operating point: PNEUMONIA flagged at calibrated p >= {ckpt.threshold:.3f}, the highest threshold with "
-        f"sensitivity >= {sensitivity} in every population's validation split.",
+        f"sensitivity >= {sensitivity} in {_threshold_populations(ckpt)}.",
         f"- Weights stored as float16; medcam {versions.get('medcam', '?')}, torch {versions.get('torch', '?')}, "
         f"MONAI {versions.get('monai', '?')}.",
         "",
