@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import random
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -437,11 +436,8 @@ LABELS_CSV = SHARED / "data" / "cxr" / "labels.csv"
 
 
 @pytest.fixture(scope="module")
-def bundled() -> Iterator[ServedModel]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # another job may hold the other core; spinning threads cost more
-    yield ServedModel("bundled")
-    torch.set_num_threads(before)
+def bundled() -> ServedModel:
+    return ServedModel("bundled")
 
 
 @pytest.fixture(scope="module")

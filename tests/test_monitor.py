@@ -435,8 +435,8 @@ def test_adults_after_a_childrens_baseline_raise_the_psi_alarm(
     assert ood["group"] == "all" and ood["limit"] == PSI_LIMIT and ood["figure"] > 1.0
     last = out.strip().splitlines()[-1]
     assert last.startswith("ALARM") and f"PSI of ood_score {ood['figure']:.3f} >= 0.25" in last
-    # from the checkpoint's recalibration record (670 of 862 validation films flagged), not alarmed
-    assert summary["validation"]["flag_rate"] == pytest.approx(0.78, abs=0.02)
+    # from the checkpoint's recalibration record (620 of 862 validation films flagged), not alarmed
+    assert summary["validation"]["flag_rate"] == pytest.approx(620 / 862, abs=1e-4)
     assert_self_contained(tmp_path / "out" / "report.html")
 
 
