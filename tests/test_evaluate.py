@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image as PILImage
+from sklearn.metrics import roc_auc_score
 
 from medcam.cli import main
 from medcam.models import load_checkpoint
+from medcam.training.evaluate import _bootstrap_auroc
 from medcam.training.localisation import best_iou, box_iou, boxes_for, pointing_hit, read_boxes
 from medcam.training.modelcard import render_model_card
 
@@ -62,6 +64,25 @@ def _data(tmp_path: Path) -> Path:
         csv.writer(f).writerows([["file", "x", "y", "width", "height"],
                                  *[[f"img{i:02d}.png", 50, 20, 30, 30] for i in range(1, 16, 2)]])
     return tmp_path / "data.csv"
+
+
+def test_the_bootstrap_interval_is_that_of_one_roc_auc_per_resample_of_patients() -> None:
+    """The weighted Mann-Whitney sums give what resampling patients and scoring each resample gives."""
+    rng = np.random.default_rng(5)
+    labels = (rng.random(90) < 0.4).astype(int)
+    probs = np.round(rng.random(90) + 0.5 * labels, 1)  # rounded: many ties
+    patients = rng.integers(0, 40, 90)  # some patients with several images
+    draws = np.random.default_rng(0)
+    members = [np.flatnonzero(patients == p) for p in np.unique(patients)]
+    values = []
+    for _ in range(300):
+        rows = np.concatenate([members[i] for i in draws.integers(0, len(members), len(members))])
+        if labels[rows].min() != labels[rows].max():
+            values.append(roc_auc_score(labels[rows], probs[rows]))
+    expected = np.percentile(values, [2.5, 97.5])
+    np.testing.assert_allclose(_bootstrap_auroc(probs, labels, patients, 300, 0, block=64), expected, atol=1e-12)
+    low, high = _bootstrap_auroc(probs, labels, np.arange(90), 300, 0)
+    assert low <= roc_auc_score(labels, probs) <= high
 
 
 def test_evaluate_reports_each_population_view_and_the_localisation(tiny_checkpoint: Path, tmp_path: Path,
