@@ -115,8 +115,9 @@ class OperatingPoint:
     """A calibration map, the threshold on its probabilities, and what they give per population.
 
     Attributes:
-        calibration: fitted with every population weighing the same.
-        threshold: the one threshold for every population (:func:`operating_threshold`).
+        calibration: fitted with every fitted population weighing the same.
+        threshold: the one threshold for every population (:func:`operating_threshold` of the
+            fitted populations).
         populations: per population, ``ece``, ``sensitivity`` and ``specificity`` at the
             threshold, ``n``, ``n_positive`` and ``fitted`` (whether its labels took part in the
             fit), on the data the fit saw; with a population calibration also ``calibrated_as``,
@@ -207,7 +208,7 @@ def fit_population_operating_point(logits: np.ndarray, labels: np.ndarray, popul
         maps.append(fit_calibration(logits[mask], labels[mask], populations[mask], bias=bias))
     calibration = PopulationCalibration(names, tuple(maps), coef, intercept)
     x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
-    probs = calibration(torch.as_tensor(np.asarray(logits), dtype=torch.float64), x)[:, positive].numpy()
+    probs = calibration(torch.as_tensor(logits, dtype=torch.float64), x)[:, positive].numpy()
     chosen = np.array(names)[calibration.population_index(x).numpy()]
     plain = fit_calibration(logits[fitted], labels[fitted], populations[fitted], bias=bias)
     point = _operating_point(plain, probs, labels == positive, populations, sensitivity, fitted, calibration)

@@ -90,13 +90,19 @@ def _grid(ckpt: Checkpoint) -> str:
     return f"{cells}x{cells}"
 
 
+def _left_out(ckpt: Checkpoint) -> list[str]:
+    """The populations of the calibration record whose labels were left out of the fit."""
+    validation = (ckpt.metadata.get("calibration") or {}).get("validation", {})
+    return [name for name, figures in validation.items() if not figures.get("fitted", True)]
+
+
 def _threshold_populations(ckpt: Checkpoint) -> str:
     """Whose validation split the threshold reaches its sensitivity in."""
-    validation = (ckpt.metadata.get("calibration") or {}).get("validation", {})
-    fitted = [name for name, figures in validation.items() if figures.get("fitted", True)]
-    if len(fitted) == len(validation):
+    left_out = _left_out(ckpt)
+    if not left_out:
         return "every population's validation split"
-    return f"the validation splits of {', '.join(fitted)} (not {', '.join(n for n in validation if n not in fitted)})"
+    fitted = [name for name in ckpt.metadata["calibration"]["validation"] if name not in left_out]
+    return f"the validation splits of {', '.join(fitted)} (not {', '.join(left_out)})"
 
 
 def _calibration(ckpt: Checkpoint) -> str:
@@ -105,10 +111,8 @@ def _calibration(ckpt: Checkpoint) -> str:
     replaced = record.get("replaced", {})
     before = (f"; it replaced T = {float(replaced.get('temperature', 1)):.3f} and threshold "
               f"{float(replaced.get('threshold', 0)):.3f}" if replaced else "")
-    validation = record.get("validation", {})
-    left_out = [population for population, figures in validation.items() if not figures.get("fitted", True)]
-    fitted = (f"; the labels of {', '.join(left_out)} were left out of the fit (calibrated and reported only) and the "
-              f"threshold reaches the target sensitivity in {', '.join(record.get('fitted_on', []))}"
+    left_out = _left_out(ckpt)
+    fitted = (f"; the labels of {', '.join(left_out)} were left out of the fit (calibrated and reported only)"
               if left_out else "")
     populations = ckpt.population_calibration
     if populations is not None:
