@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if bool(args.predictions) != bool(args.split):
+        parser.error("--predictions and --split go together")
     print("| data | images | baseline: roc_auc_score per resample | medcam | speed-up | same interval |")
     print("|---|---|---|---|---|---|")
     for name, probs, labels, groups in _splits(args):
