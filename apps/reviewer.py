@@ -366,8 +366,9 @@ def viewer(worklist: Worklist, exports: Path, classifier: ServedModel, item: Wor
         p = prediction.probability(prediction.positive_class)
         flagged = "FLAGGED" if prediction.flagged else "not flagged"
         evidence = "" if prediction.lung_evidence is None else f" · lung evidence {prediction.lung_evidence:.2f}"
-        st.markdown(f"**{item.name}** · AI: P({prediction.positive_class}) = {p:.3f} ({flagged}){evidence} · "
-                    f"status **{store.status(item.key)}** · map: {method}")
+        calibrated = f" · calibrated as {prediction.calibration_group}" if prediction.calibration_group else ""
+        st.markdown(f"**{item.name}** · AI: P({prediction.positive_class}) = {p:.3f} ({flagged}){calibrated}"
+                    f"{evidence} · status **{store.status(item.key)}** · map: {method}")
         if prediction.quality:
             st.warning(f"**Caution: {prediction.quality}.** Most of the map's evidence for "
                        f"{prediction.positive_class} lies outside the lung fields; check what drives the finding "

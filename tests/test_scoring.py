@@ -203,7 +203,8 @@ def test_columns_and_probabilities_agree_with_the_classifier(classifier: ServedM
         header = next(csv.reader(f))
     assert header == ["path", "status", "reason", "sop_instance_uid", "series_instance_uid",
                       "study_instance_uid", "prob_NORMAL", "prob_PNEUMONIA", "label", "flagged", "ood_score",
-                      "lung_evidence", "quality", "model", "segmenter", "scored_at", "study_date", "manufacturer",
+                      "lung_evidence", "quality", "model", "segmenter", "calibration", "scored_at", "study_date",
+                      "manufacturer",
                       "manufacturer_model", "station_name", "view_position", "body_part", "photometric",
                       "bits_stored"]
     row = by_name(out)["ct"]
@@ -445,6 +446,9 @@ def test_results_file_refuses_another_model_other_columns_and_a_second_writer(tm
     (tmp_path / "before.csv").write_text(",".join(before_lungs) + "\n")
     with pytest.raises(MedcamError, match=r"older medcam \(no lung_evidence"):
         ResultsFile.open(tmp_path / "before.csv", columns, "densenet121-aaa")
+    (tmp_path / "one_map.csv").write_text(",".join(c for c in columns if c != "calibration") + "\n")
+    with pytest.raises(MedcamError, match=r"older medcam \(no calibration column"):
+        ResultsFile.open(tmp_path / "one_map.csv", columns, "densenet121-aaa")
     with pytest.raises(MedcamError, match="lung segmenter lungunet-aaa, this run uses lungunet-bbb"):
         ResultsFile.open(out, columns, "densenet121-aaa", segmenter_id="lungunet-bbb")
     with (ResultsFile.open(out, columns, "densenet121-aaa", segmenter_id="lungunet-aaa"),

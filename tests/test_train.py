@@ -247,9 +247,16 @@ def test_recalibrate_by_population_gives_each_image_its_group_map(toy_csv: Path,
     predictions = model.classify([load_image(s.path) for s in samples], batch_size=8)
     by_name = dict(zip(populations.populations, populations.calibrations, strict=True))
     for sample, prediction in zip(samples, predictions, strict=True):
-        expected = by_name["young" if sample.population == "children" else "old"]
-        assert prediction.calibration == expected
-        torch.testing.assert_close(prediction.probabilities, expected(prediction.logits[None])[0])
+        group = "young" if sample.population == "children" else "old"
+        assert prediction.calibration == by_name[group] and prediction.calibration_group == group
+        torch.testing.assert_close(prediction.probabilities, by_name[group](prediction.logits[None])[0])
+    # the results rows say whose map each image got, whichever engine scores them
+    from medcam.scoring import ScoreOptions, read_results, score
+
+    score([Path(s.path) for s in samples], model, ScoreOptions(out=tmp_path / "rows.csv", progress=False, workers=0,
+                                                               ignore_intended_use=True))
+    groups = {row["path"]: row["calibration"] for row in read_results(tmp_path / "rows.csv") if row["status"] == "ok"}
+    assert groups == {str(Path(s.path).resolve()): "young" if s.population == "children" else "old" for s in samples}
     with pytest.raises(ValueError, match="calibrates per population"):
         model.probabilities(predictions[0].logits[None])
     # Grad-CAM's pass gives no pooled features: the model runs them, so the probabilities do not change

@@ -111,6 +111,10 @@ class PopulationCalibration:
         """The map each image of ``features`` gets."""
         return [self.calibrations[i] for i in self.population_index(features).tolist()]
 
+    def names(self, features: torch.Tensor) -> list[str]:
+        """The name of the population whose map each image of ``features`` gets."""
+        return [self.populations[i] for i in self.population_index(features).tolist()]
+
     def __call__(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities ``(B, K)`` of logits ``(B, K)``, each row by its population's map.
 

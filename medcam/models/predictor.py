@@ -64,6 +64,9 @@ class Prediction:
         evidence_threshold: below it, a flagged image's evidence is said to lie outside the
             lungs (:attr:`quality`); None when the checkpoint sets none.
         segmenter_id: the lung segmenter's id, or "".
+        calibration_group: the group of populations whose calibration map gave
+            :attr:`probabilities` (chosen from the image's pooled features), or "" when the
+            checkpoint has one map for every image.
     """
 
     image: Image
@@ -81,6 +84,7 @@ class Prediction:
     lung_evidence: float | None = None
     evidence_threshold: float | None = None
     segmenter_id: str = ""
+    calibration_group: str = ""
 
     @property
     def quality(self) -> str:
@@ -221,6 +225,14 @@ class Classifier:
             return [self.checkpoint.calibration] * n
         return populations.select(self._calibration_features(features))
 
+    def calibration_groups(self, features: torch.Tensor | None, n: int) -> list[str]:
+        """The group of populations whose map calibrates each of ``n`` images (see :meth:`calibrations`),
+        or "" for each when the checkpoint has one map for every image."""
+        populations = self.checkpoint.population_calibration
+        if populations is None:
+            return [""] * n
+        return populations.names(self._calibration_features(features))
+
     def probabilities(self, logits: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated probabilities of logits ``(B, K)``: the checkpoint's calibration map, or with a
         population calibration each image's population's map (``features`` ``(B, C)`` of the same pass
@@ -257,6 +269,7 @@ class Classifier:
         """
         probs = self.probabilities(result.logits, result.features).cpu()
         calibrations = self.calibrations(result.features, len(images))
+        groups = self.calibration_groups(result.features, len(images))
         logits = result.logits.cpu()
         ckpt = self.checkpoint
         scores = list(ood_scores) if ood_scores is not None else [None] * len(images)
@@ -282,6 +295,7 @@ class Classifier:
                 lung_evidence=evidence[i],
                 evidence_threshold=self.evidence_threshold,
                 segmenter_id=self.segmenter_id,
+                calibration_group=groups[i],
             )
             for i, (image, transform) in enumerate(zip(images, transforms, strict=True))
         ]

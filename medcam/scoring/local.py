@@ -119,17 +119,19 @@ def _score_batch(batch: Batch, classifier: ServedModel, info: ModelInfo, options
     probabilities: list[list[float]] = []
     verdicts: list[Verdict] = []
     evidence: list[float | None] = []
+    groups: list[str] = []
     written: list[Written] = [Written() for _ in ok]
     if ok:
         output = classifier.explain(batch.inputs, options.method)
         probabilities = classifier.probabilities(output.logits, output.features).float().cpu().tolist()
+        groups = classifier.calibration_groups(output.features, len(ok))
         verdicts = image_gate(classifier, output, batch.inputs, enforce=not options.ignore_intended_use,
                               view_named=[r.view_named for r in ok])
         evidence = classifier.lung_evidence(output, options.method)
         if options.needs_maps:
             written = [_write(classifier, output, i, record, info, options, cam_class, probabilities[i])
                        if not verdicts[i].refusal else Written() for i, record in enumerate(ok)]
-    results = iter(zip(probabilities, verdicts, evidence, written, strict=True))
+    results = iter(zip(probabilities, verdicts, evidence, groups, written, strict=True))
     rows = []
     for record in batch.records:
         if record.skipped:
@@ -137,7 +139,7 @@ def _score_batch(batch: Batch, classifier: ServedModel, info: ModelInfo, options
         if not record.ok:
             rows.append(_refusal_row(record, record.status, record.reason, None, info, options))
             continue
-        probs, verdict, share, files = next(results)
+        probs, verdict, share, group, files = next(results)
         if verdict.refusal:
             rows.append(_refusal_row(record, "not_analysed", verdict.refusal, verdict.score, info, options))
             continue
@@ -146,7 +148,7 @@ def _score_batch(batch: Batch, classifier: ServedModel, info: ModelInfo, options
         quality = evidence_caution(label_of(info, probs)[1], share, classifier.evidence_threshold)
         rows.append(make_row(info, record.path, status, files.error or note, record.uids,
                              None if files.error else probs, files.columns, options.output_columns, verdict.score,
-                             lung_evidence=share, quality=quality, header=record.header))
+                             lung_evidence=share, quality=quality, calibration=group, header=record.header))
     return rows
 
 

@@ -254,6 +254,7 @@ class _Scorer:
         class_bias = np.full(probabilities.shape, np.nan, dtype=np.float64)
         evidence = np.full(len(ok), np.nan, dtype=np.float64)
         quality = np.array([""] * len(ok), dtype=object)
+        group = np.array([""] * len(ok), dtype=object)  # whose calibration map, for the row
         status, reason = batch["status"].copy(), batch["reason"].copy()
         if ok.any():
             x = torch.from_numpy(np.ascontiguousarray(batch["x"][ok]))
@@ -264,6 +265,7 @@ class _Scorer:
                 temperature[i] = calibration.temperature
                 if calibration.bias is not None:
                     class_bias[i] = calibration.bias
+            group[ok] = self.classifier.calibration_groups(output.features, int(ok.sum()))
             if self.map_shape:
                 logits[ok] = output.logits.float().cpu().numpy()
                 maps[ok] = output.maps.float().cpu().numpy()
@@ -284,8 +286,8 @@ class _Scorer:
                     reason[i] = "; ".join(filter(None, [str(reason[i]), verdict.note]))
         out = {name: batch[name] for name in (*_TEXT, "skipped", *_HEADER)} | {
             "probabilities": probabilities, "ood": scores, "evidence": evidence, "quality": quality,
-            "status": status, "reason": reason, "threshold": np.full(len(ok), self.classifier.evidence_threshold
-                                                                      or np.nan, dtype=np.float64)}
+            "calibration": group, "status": status, "reason": reason,
+            "threshold": np.full(len(ok), self.classifier.evidence_threshold or np.nan, dtype=np.float64)}
         return out | ({"logits": logits, "maps": maps, "lungs": lungs, "temperature": temperature,
                        "class_bias": class_bias} if self.map_shape else {})
 
@@ -330,13 +332,15 @@ def _write(batch: dict[str, np.ndarray], preprocess: dict[str, Any], options: Sc
             lung_evidence=None if np.isnan(batch["evidence"][i]) else float(batch["evidence"][i]),
             evidence_threshold=None if np.isnan(batch["threshold"][i]) else float(batch["threshold"][i]),
             segmenter_id=info.segmenter_id,
+            calibration_group=str(batch["calibration"][i]),
         )
         written = write_outputs(prediction, path, options, cam_class)
         files[i] = written.columns
         if written.error:
             statuses[i], reasons[i] = "error", written.error
     columns = {kind: np.array([f.get(kind, "") for f in files], dtype=object) for kind in options.output_columns}
-    kept = {name: batch[name] for name in (*_TEXT, "skipped", *_HEADER, "probabilities", "ood", "evidence", "quality")}
+    kept = {name: batch[name] for name in (*_TEXT, "skipped", *_HEADER, "probabilities", "ood", "evidence", "quality",
+                                           "calibration")}
     return kept | {"status": np.array(statuses, dtype=object), "reason": np.array(reasons, dtype=object)} | columns
 
 
@@ -353,6 +357,7 @@ def _rows(batch: dict[str, np.ndarray], info: ModelInfo, output_columns: tuple[s
         rows.append(make_row(info, str(path), status, str(batch["reason"][i]), uids, probabilities, outputs,
                              output_columns, None if np.isnan(score) else score,
                              lung_evidence=None if np.isnan(share) else share, quality=str(batch["quality"][i]),
+                             calibration=str(batch["calibration"][i]),
                              header=[str(batch[name][i]) for name in _HEADER]))
     return rows
 

@@ -1,7 +1,7 @@
 """The results file: one CSV row per input, appended durably, resumable after any crash.
 
 Columns: ``path, status, reason, sop_instance_uid, series_instance_uid, study_instance_uid,
-prob_<class>..., label, flagged, ood_score, lung_evidence, quality, model, segmenter``, then
+prob_<class>..., label, flagged, ood_score, lung_evidence, quality, model, segmenter, calibration``, then
 :data:`ACQUISITION_COLUMNS` (when the row was written and, from DICOM headers, what a monitor
 groups by), then the columns of the files the run writes (see
 :attr:`medcam.scoring.ScoreOptions.output_columns`). ``path`` is absolute; ``status`` is
@@ -99,7 +99,7 @@ class ModelInfo:
 def results_columns(classes: Sequence[str], outputs: Sequence[str] = ()) -> list[str]:
     """The header of a results file for a model with ``classes`` and the output columns ``outputs``."""
     return [*ID_COLUMNS, *(f"prob_{c}" for c in classes), "label", "flagged", "ood_score", "lung_evidence",
-            "quality", "model", "segmenter", *ACQUISITION_COLUMNS, *outputs]
+            "quality", "model", "segmenter", "calibration", *ACQUISITION_COLUMNS, *outputs]
 
 
 def label_of(model: ModelInfo, probabilities: Sequence[float]) -> tuple[str, bool]:
@@ -120,13 +120,16 @@ def label_of(model: ModelInfo, probabilities: Sequence[float]) -> tuple[str, boo
 def make_row(model: ModelInfo, path: str, status: str, reason: str, uids: Sequence[str],
              probabilities: Sequence[float] | None, outputs: Mapping[str, str] | None = None,
              columns: Sequence[str] = (), ood_score: float | None = None, *,
-             lung_evidence: float | None = None, quality: str = "", header: Sequence[str] = ()) -> list[str]:
+             lung_evidence: float | None = None, quality: str = "", calibration: str = "",
+             header: Sequence[str] = ()) -> list[str]:
     """One row; ``probabilities`` (in class order) only for an ``ok`` row.
 
     ``reason`` says why for the other statuses; on an ``ok`` row it is empty or a note (an
     image analysed outside the intended use). ``ood_score`` is the out-of-distribution
-    score of the image when the model has the statistics; ``lung_evidence`` and ``quality``
-    (see :attr:`medcam.models.Prediction.quality`) are kept on ``ok`` rows only. ``header`` holds
+    score of the image when the model has the statistics; ``lung_evidence``, ``quality``
+    (see :attr:`medcam.models.Prediction.quality`) and ``calibration`` (the group of populations
+    whose map gave the probabilities, :attr:`medcam.models.Prediction.calibration_group`) are kept
+    on ``ok`` rows only. ``header`` holds
     the values of :data:`HEADER_COLUMNS` (empty for non-DICOM inputs); ``scored_at`` is now, in
     UTC. ``outputs`` fills the output ``columns`` (file paths, counts), empty where absent.
     """
@@ -144,8 +147,8 @@ def make_row(model: ModelInfo, path: str, status: str, reason: str, uids: Sequen
     evidence = f"{lung_evidence:.4f}" if analysed and lung_evidence is not None else ""
     header = [*header, *[""] * (len(HEADER_COLUMNS) - len(header))]
     when = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return [path, *values, score, evidence, quality if analysed else "", model.model_id, model.segmenter_id, when,
-            *header, *((outputs or {}).get(c, "") for c in columns)]
+    return [path, *values, score, evidence, quality if analysed else "", model.model_id, model.segmenter_id,
+            calibration if analysed else "", when, *header, *((outputs or {}).get(c, "") for c in columns)]
 
 
 class ResultsFile:
@@ -322,6 +325,11 @@ def _recover(handle: IO[str], path: Path, columns: list[str], model_id: str, seg
                 raise MedcamError(
                     f"{path} was written by an older medcam (no lung_evidence, quality, segmenter and "
                     "acquisition columns); score into a new --out, or rename the old file"
+                )
+            if "segmenter" in header and "calibration" not in header:
+                raise MedcamError(
+                    f"{path} was written by an older medcam (no calibration column, which says whose "
+                    "calibration map each image got); score into a new --out, or rename the old file"
                 )
             if header != columns:
                 raise MedcamError(

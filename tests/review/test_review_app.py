@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.data import get_testdata_file
 
-from medcam.models.checkpoint import resave_checkpoint
+from medcam.models import Classifier
+from medcam.models.calibration import PopulationCalibration
+from medcam.models.checkpoint import POPULATION_KEY, load_checkpoint, resave_checkpoint
 from medcam.models.lungs import load_segmenter
 from medcam.models.predictor import EVIDENCE_KEY
 from medcam.review import display
@@ -185,10 +188,17 @@ def test_bad_uploads_are_refused_and_the_app_stays_usable(start: Callable[[], Ap
 @pytest.fixture()
 def cautious_model(tiny_checkpoint: Path, tmp_path: Path) -> Path:
     """The tiny model, flagging at p >= 0.1, with a lung_evidence threshold of 0.99 for the bundled
-    segmenter: every flagged image whose evidence is not all inside the lungs carries the caution."""
+    segmenter: every flagged image whose evidence is not all inside the lungs carries the caution.
+    Its calibration is by group, two groups with its own map, and every image resembles "adults"."""
     out = tmp_path / "cautious.pt"
-    resave_checkpoint(tiny_checkpoint, out=out, threshold=0.1, updates={EVIDENCE_KEY: {
-        "threshold": 0.99, "rule": "test", "segmenter": load_segmenter().segmenter_id}})
+    ckpt = load_checkpoint(tiny_checkpoint)
+    width = Classifier(str(tiny_checkpoint)).cam(torch.zeros(1, 1, ckpt.preprocess.size, ckpt.preprocess.size))
+    coef = torch.zeros(2, width.features.shape[1], dtype=torch.float64)
+    groups = PopulationCalibration(("children", "adults"), (ckpt.calibration, ckpt.calibration), coef,
+                                   torch.tensor([0.0, 1.0], dtype=torch.float64))
+    resave_checkpoint(tiny_checkpoint, out=out, threshold=0.1, updates={
+        EVIDENCE_KEY: {"threshold": 0.99, "rule": "test", "segmenter": load_segmenter().segmenter_id},
+        POPULATION_KEY: groups.to_metadata()})
     return out
 
 
@@ -214,7 +224,7 @@ def test_lung_outline_toggle_and_the_caution(tmp_path: Path, review_folder: Path
     _choose(at, "chest_pa.dcm")
     (caution,) = [w.value for w in at.warning if "Caution" in w.value]
     assert "evidence outside the lungs (lung_evidence " in caution and "< 0.99" in caution
-    assert "lung evidence 0." in _texts(at)
+    assert "lung evidence 0." in _texts(at) and "calibrated as adults" in _texts(at)
     toggle = at.toggle(key="show_lungs")
     assert toggle.label == "Lung outline" and not toggle.disabled and toggle.value is False
     before = pictures[-1]
