@@ -191,6 +191,16 @@ def test_the_monitor_needs_columns_that_results_files_have() -> None:
     assert set(NEEDED_COLUMNS) | set(GROUP_COLUMNS) <= set(results_columns(("NORMAL", "PNEUMONIA")))
 
 
+def test_a_results_file_from_before_the_calibration_column_is_monitored(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    rows = synthetic_rows(rng, 20, "2026-11-02", 0.5)
+    drop = HEADER.index("calibration")
+    older = write_rows(tmp_path / "older.csv", [c for i, c in enumerate(HEADER) if i != drop],
+                       [[v for i, v in enumerate(row) if i != drop] for row in rows])
+    table, unreadable = read_tables([older])
+    assert not unreadable and table is not None and len(table) == 20
+
+
 def test_reading_keeps_columns_drops_torn_rows_and_reports_unusable_files(tmp_path: Path) -> None:
     rng = np.random.default_rng(6)
     good = write_rows(tmp_path / "in" / "a.csv", HEADER, synthetic_rows(rng, 30, "2026-11-02", 0.5, refused=2))

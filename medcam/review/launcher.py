@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,21 +175,29 @@ def run_server(argv: list[str], env: dict[str, str], *, grace: float = 10.0) -> 
     """Run the server as a child process and never leave it behind.
 
     SIGTERM (what a service manager sends), SIGINT and SIGHUP are passed on to the server,
-    which gets ``grace`` seconds to stop before it is killed; so does any other way this
-    process leaves the function. Returns the server's exit status, or ``128 + signal`` when
-    a signal stopped it.
+    which gets ``grace`` seconds to stop before it is killed (a signal that reaches it while it
+    starts can be lost); so does any other way this process leaves the function. Returns the
+    server's exit status, or ``128 + signal`` when a signal stopped it.
     """
     server = subprocess.Popen(argv, env=env)
     received: list[int] = []
+    deadline: list[float] = []
 
     def forward(signum: int, frame: object) -> None:
         received.append(signum)
+        deadline.append(time.monotonic() + grace)
         if server.poll() is None:
             server.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
-        code = server.wait()
+        code = None
+        while code is None:
+            try:
+                code = server.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                if deadline and time.monotonic() > deadline[0]:
+                    server.kill()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

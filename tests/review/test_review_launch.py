@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,16 @@ def test_review_stops_its_server_on_a_signal(sig: int, tiny_checkpoint: Path, tm
     finally:
         if review.poll() is None:
             os.killpg(review.pid, signal.SIGKILL)
+
+
+def test_a_server_that_ignores_the_signal_is_killed_after_the_grace(tmp_path: Path) -> None:
+    """A signal can reach the server before it handles signals; medcam review still stops."""
+    deaf = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"]
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))  # as Ctrl-C would
+    start = time.monotonic()
+    timer.start()
+    try:
+        code = launcher.run_server(deaf, dict(os.environ), grace=1.0)
+    finally:
+        timer.cancel()
+    assert code == 128 + signal.SIGINT and time.monotonic() - start < 15
