@@ -444,10 +444,10 @@ def test_results_file_refuses_another_model_other_columns_and_a_second_writer(tm
         ResultsFile.open(tmp_path / "old.csv", columns, "densenet121-aaa")
     before_lungs = [c for c in columns if c not in ("lung_evidence", "quality", "segmenter")]
     (tmp_path / "before.csv").write_text(",".join(before_lungs) + "\n")
-    with pytest.raises(MedcamError, match=r"older medcam \(no lung_evidence"):
+    with pytest.raises(MedcamError, match=r"older medcam \(no lung_evidence, quality, segmenter columns\)"):
         ResultsFile.open(tmp_path / "before.csv", columns, "densenet121-aaa")
     (tmp_path / "one_map.csv").write_text(",".join(c for c in columns if c != "calibration") + "\n")
-    with pytest.raises(MedcamError, match=r"older medcam \(no calibration column"):
+    with pytest.raises(MedcamError, match=r"older medcam \(no calibration column\)"):
         ResultsFile.open(tmp_path / "one_map.csv", columns, "densenet121-aaa")
     with pytest.raises(MedcamError, match="lung segmenter lungunet-aaa, this run uses lungunet-bbb"):
         ResultsFile.open(out, columns, "densenet121-aaa", segmenter_id="lungunet-bbb")

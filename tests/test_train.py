@@ -18,6 +18,7 @@ from medcam.errors import ConfigError
 from medcam.gate.served import ServedModel
 from medcam.io import load_image
 from medcam.models import Classifier, load_checkpoint, save_checkpoint
+from medcam.scoring import ScoreOptions, read_results, score
 from medcam.training.data import read_samples, split_by_patient
 from medcam.training.modelcard import render_model_card
 from medcam.training.train import recalibrate, sampling_weights, train
@@ -250,9 +251,7 @@ def test_recalibrate_by_population_gives_each_image_its_group_map(toy_csv: Path,
         group = "young" if sample.population == "children" else "old"
         assert prediction.calibration == by_name[group] and prediction.calibration_group == group
         torch.testing.assert_close(prediction.probabilities, by_name[group](prediction.logits[None])[0])
-    # the results rows say whose map each image got, whichever engine scores them
-    from medcam.scoring import ScoreOptions, read_results, score
-
+    # the results rows say whose map each image got
     score([Path(s.path) for s in samples], model, ScoreOptions(out=tmp_path / "rows.csv", progress=False, workers=0,
                                                                ignore_intended_use=True))
     groups = {row["path"]: row["calibration"] for row in read_results(tmp_path / "rows.csv") if row["status"] == "ok"}

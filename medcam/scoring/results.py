@@ -321,15 +321,11 @@ def _recover(handle: IO[str], path: Path, columns: list[str], model_id: str, seg
                     f"{path} was written by an older medcam (an 'error' column where rows now have "
                     "'reason' and the status not_analysed); score into a new --out, or rename the old file"
                 )
-            if "model" in header and "segmenter" not in header:
+            missing = [c for c in results_columns(()) if c not in header]
+            if "model" in header and missing:  # a medcam results file, from before these columns
                 raise MedcamError(
-                    f"{path} was written by an older medcam (no lung_evidence, quality, segmenter and "
-                    "acquisition columns); score into a new --out, or rename the old file"
-                )
-            if "segmenter" in header and "calibration" not in header:
-                raise MedcamError(
-                    f"{path} was written by an older medcam (no calibration column, which says whose "
-                    "calibration map each image got); score into a new --out, or rename the old file"
+                    f"{path} was written by an older medcam (no {', '.join(missing)} "
+                    f"column{'s' if len(missing) > 1 else ''}); score into a new --out, or rename the old file"
                 )
             if header != columns:
                 raise MedcamError(

@@ -92,7 +92,8 @@ def _bootstrap_auroc(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray,
     aurocs = []
     for start in range(0, rounds, block):
         draws = rng.integers(0, len(unique), (min(block, rounds - start), len(unique)))
-        counts = np.stack([np.bincount(row, minlength=len(unique)) for row in draws])
+        offsets = np.arange(len(draws))[:, None] * len(unique)  # one bincount for the whole block
+        counts = np.bincount((draws + offsets).ravel(), minlength=draws.size).reshape(draws.shape)
         weights = counts[:, index].astype(np.float64)  # (resamples, images)
         pos = np.asarray((by_score[positive].T @ weights[:, positive].T).T)  # weight per score value
         neg = np.asarray((by_score[~positive].T @ weights[:, ~positive].T).T)

@@ -192,8 +192,8 @@ def cautious_model(tiny_checkpoint: Path, tmp_path: Path) -> Path:
     Its calibration is by group, two groups with its own map, and every image resembles "adults"."""
     out = tmp_path / "cautious.pt"
     ckpt = load_checkpoint(tiny_checkpoint)
-    width = Classifier(str(tiny_checkpoint)).cam(torch.zeros(1, 1, ckpt.preprocess.size, ckpt.preprocess.size))
-    coef = torch.zeros(2, width.features.shape[1], dtype=torch.float64)
+    probe = Classifier(str(tiny_checkpoint)).cam(torch.zeros(1, 1, ckpt.preprocess.size, ckpt.preprocess.size))
+    coef = torch.zeros(2, probe.features.shape[1], dtype=torch.float64)
     groups = PopulationCalibration(("children", "adults"), (ckpt.calibration, ckpt.calibration), coef,
                                    torch.tensor([0.0, 1.0], dtype=torch.float64))
     resave_checkpoint(tiny_checkpoint, out=out, threshold=0.1, updates={
