@@ -409,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--send-to", metavar="AET@HOST:PORT", help="send results by C-STORE to this AE")
     p.add_argument("--stow", metavar="URL", help="send results by STOW-RS to this DICOMweb base URL instead")
     p.add_argument("--formats", default="sr",
-                   help="DICOM results to send, from sr,seg,sc,gsps (default: sr); the SR goes for every "
-                        "analysed image, the others for flagged images")
+                   help="DICOM results to send, from sr,seg,sc,gsps,lungs (default: sr; lungs: the lung "
+                        "fields' SEG); the SR goes for every analysed image, the others for flagged images")
     p.add_argument("--settle", type=float, default=10.0, metavar="SECONDS",
                    help="score a series once nothing has arrived for it for this long (default: 10)")
     p.add_argument("--allow-ae", nargs="+", default=[], metavar="AET",

@@ -39,9 +39,10 @@ __all__ = ["DICOM_FORMATS", "Node", "NodeOptions"]
 
 log = logging.getLogger("medcam.node")
 
-DICOM_FORMATS = ("sr", "sc", "seg", "gsps")
+DICOM_FORMATS = ("sr", "sc", "seg", "gsps", "lungs")
 """The result objects a node can send; the SR goes for every analysed image, the others for
-flagged ones."""
+flagged ones. ``lungs`` is the lung fields' SEG (the lung mask's PNG and NIfTI, which
+``medcam export`` also writes, are not kept)."""
 
 
 @dataclass(frozen=True)

@@ -180,15 +180,28 @@ class Spool:
         return self.outputs / series.key
 
     def queue(self, series: Series) -> list[Path]:
-        """Move the series' DICOM results from ``outputs/`` into the outbox; returns them."""
+        """Move the series' DICOM results from ``outputs/`` into the outbox; returns them.
+
+        What else the pipeline wrote there (the lung mask's PNG and NIfTI beside its SEG) is
+        not sent and is removed, with the emptied folder.
+        """
         folder = self.outputs_of(series)
+        if not folder.is_dir():
+            return []
         moved = []
-        for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else ():
+        for path in sorted(folder.glob("*.dcm")):
             target = self.outbox / path.name
             os.replace(path, target)
             moved.append(target)
         if moved:
             fsync_folder(self.outbox)
+        for path in folder.iterdir():
+            if path.is_file() and path.suffix != ".dcm":
+                path.unlink()
+        try:
+            folder.rmdir()
+            fsync_folder(self.outputs)
+        except OSError:  # something other than a file, or a result written meanwhile: kept
             fsync_folder(folder)
         return moved
 

@@ -139,6 +139,37 @@ def test_every_encoding_of_a_full_size_radiograph_is_received_and_scored(tiny_ch
     assert [r["status"] for r in rows] == ["ok"] * 4
 
 
+def test_lungs_sends_each_flagged_images_lung_fields_as_a_seg_and_keeps_nothing_else(archive: Archive,
+                                                                                      tmp_path: Path) -> None:
+    import torch
+
+    from medcam.config import ModelConfig, PreprocessConfig
+    from medcam.models import build_network, save_checkpoint
+
+    torch.manual_seed(0)
+    always = tmp_path / "always-flags.pt"  # threshold 0: every analysed image is flagged
+    save_checkpoint(always, build_network(ModelConfig()).eval(), ModelConfig(), PreprocessConfig(size=64),
+                    trained=False, threshold=0.0)
+    images = radiographs(tmp_path / "modality", 2)
+    options = NodeOptions(spool=tmp_path / "spool", formats=("sr", "lungs"), settle=0.5, poll=0.2,
+                          receive=ReceiveOptions(port=free_port()))
+    with Node(ServedModel(str(always)), options, DimseDestination(parse_peer(archive.peer), timeout=30)) as node:
+        assert send(images, node.options.receive.port) == [0, 0]
+        held = archive.wait_for(4)
+    segs = [ds for ds in held.values() if ds.Modality == "SEG"]
+    assert len(segs) == 2 and len(held) == 4
+    for seg in segs:
+        assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Lung fields"]
+        uid = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+        source = pydicom.dcmread(next(p for p in images if pydicom.dcmread(p).SOPInstanceUID == uid))
+        assert seg.StudyInstanceUID == source.StudyInstanceUID and (seg.Rows, seg.Columns) == (source.Rows,
+                                                                                                source.Columns)
+        mask = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_instance([uid], segment_numbers=[1])
+        assert 0 < mask.mean() < 1  # the lung fields of a real chest film: part of it, not all or nothing
+    spool = node.spool
+    assert not list(spool.outputs.iterdir()) and not spool.waiting()  # the mask's PNG and NIfTI are not kept
+
+
 def test_an_instance_received_again_is_not_scored_or_sent_again(tiny_checkpoint: Path, archive: Archive,
                                                                 tmp_path: Path) -> None:
     images = radiographs(tmp_path / "modality", 2)
