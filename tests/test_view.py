@@ -41,6 +41,18 @@ def test_two_mirrored_fields_and_one_central_field_measure_as_expected() -> None
     assert n["balance"] == 0.0 and n["centre"] == pytest.approx(0.6) and n["mask_symmetry"] < 0.85
 
 
+def test_two_lungs_joined_by_a_bridge_are_cut_at_the_mediastinum_and_one_field_is_not() -> None:
+    flat = torch.zeros(1, 1, 64, 64)
+    joined = _fields((20, 80, 15, 40), (20, 80, 55, 85), (20, 30, 40, 55))  # an inverted V: a bridge on top
+    balance = MEASURES.index("balance")
+    cut = 25 * 60 / (15 * 10 + 30 * 60)  # at the bridge's first column: the left lung against the bridge and right
+    assert view_measures(joined, flat)[0, balance] == pytest.approx(cut)
+    assert view_measures(joined, flat, split_joined=False)[0, balance] == 0.0  # one field, as fitted before
+    one = _fields((20, 80, 30, 75))  # a lateral's single field: no valley between two humps
+    hump = _fields((20, 80, 30, 75), (10, 20, 45, 60))  # nor when the middle is the tallest part
+    assert view_measures(torch.cat([one, hump]), torch.cat([flat, flat]))[:, balance].tolist() == [0.0, 0.0]
+
+
 def test_image_symmetry_is_one_for_a_mirror_image_and_low_for_a_gradient() -> None:
     x = torch.linspace(0, 1, 64)
     symmetric = (1 - (x - 0.5).abs())[None, :].expand(64, 64)[None, None]
@@ -58,6 +70,11 @@ def test_the_check_refuses_only_what_is_far_from_every_population() -> None:
     assert [p.name for p in nearest[:2]] == ["a", "b"] and (scores[:2] < 1).all() and scores[2] > 1
     again = ViewCheck.from_metadata(check.to_metadata(), "here")
     assert [p.name for p in again.populations] == ["a", "b"] and again.segmenter == "lungunet-x"
+    assert again.split_joined and check.to_metadata()["version"] == 3
+    before = {**check.to_metadata(), "version": 2}  # fitted before joined fields were cut: measured as then
+    assert not ViewCheck.from_metadata(before, "here").split_joined
+    with pytest.raises(CheckpointError, match="version 1"):
+        ViewCheck.from_metadata({**before, "version": 1}, "here")
     broken = check.to_metadata() | {"measures": ["area"]}
     with pytest.raises(CheckpointError, match="refit it with medcam fit-lung-gate"):
         ViewCheck.from_metadata(broken, "here")
